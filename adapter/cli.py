@@ -1,0 +1,195 @@
+"""The `referral-adapter` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import orjson
+
+from adapter.errors import AdapterError, ConfigError
+from adapter.practice_rules import load_rules
+from adapter.segmenting import evaluate_input
+from mappings.fhirtime import as_utc
+from mappings.summary import render_summary
+
+__all__ = ["main"]
+
+PROG = "referral-adapter"
+EXIT_UNREADABLE = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE
+
+
+def parse_as_of(text: str) -> datetime:
+    """An ISO 8601 date or date-time; a date is midnight UTC, a time without offset is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--as-of {text!r}: not an ISO 8601 date or date-time (e.g. 2026-12-03T09:00:00Z)"
+        ) from None
+    return as_utc(moment)
+
+
+def _progress_printer(stream: TextIO, what: str) -> Callable[[int], None] | None:
+    """Progress lines on a terminal only; pipes and CI logs stay clean."""
+    if not stream.isatty():
+        return None
+
+    def show(count: int) -> None:
+        stream.write(f"\r{PROG}: {count:,} {what}")
+        stream.flush()
+
+    return show
+
+
+def _segment(args: argparse.Namespace) -> int:
+    rules = load_rules(args.rules)
+    as_of = args.as_of or datetime.now(UTC)
+    problems = 0
+
+    def report(where: str, message: str) -> None:
+        nonlocal problems
+        problems += 1
+        sys.stderr.write(f"{PROG}: {where}: {message}\n")
+
+    progress = _progress_printer(sys.stderr, "resources read")
+    evaluations, stats = evaluate_input(args.input, rules, as_of, report, progress)
+    if progress is not None:
+        sys.stderr.write("\n")
+    if args.summary:
+        sys.stdout.write(render_summary(evaluations, as_of, stats.resources, stats.skipped))
+    else:
+        out = sys.stdout.buffer
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        for evaluation in evaluations:
+            out.write(dumps(evaluation.to_json(), option=newline))
+        out.flush()
+    if stats.skipped:
+        sys.stderr.write(f"{PROG}: {stats.skipped} unreadable resources skipped\n")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from adapter.synth import OutDirNotEmptyError, synth_to_dir
+
+    as_of = args.as_of or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    shown = _progress_printer(sys.stderr, "referrals generated")
+
+    def progress(done: int, total: int) -> None:
+        if shown is not None:
+            shown(done)
+
+    try:
+        counts = synth_to_dir(args.referrals, args.seed, as_of, args.out, progress)
+    except (OutDirNotEmptyError, NotADirectoryError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    if shown is not None:
+        sys.stderr.write("\n")
+    total = sum(counts.values())
+    parts = ", ".join(f"{t} {n}" for t, n in sorted(counts.items()))
+    sys.stderr.write(f"{PROG}: wrote {total} resources to {args.out} ({parts})\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="FHIR R4 referral follow-up adapter.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    segment = commands.add_parser(
+        "segment",
+        help="evaluate referrals: state, segments, missing details, aging, next action",
+        description="Read a FHIR Bundle, an NDJSON file or a Bulk Data directory and print one "
+        "JSON object per referral per line.",
+    )
+    segment.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="a Bundle (.json), an NDJSON file, or a directory of them",
+    )
+    segment.add_argument(
+        "--as-of",
+        type=parse_as_of,
+        metavar="ISO8601",
+        help="evaluate at this instant (default: now)",
+    )
+    segment.add_argument(
+        "--rules",
+        type=Path,
+        metavar="FILE",
+        help="practice rules (YAML), laid over the shipped defaults",
+    )
+    segment.add_argument(
+        "--summary",
+        action="store_true",
+        help="print a table of open referrals by segment and aging band instead",
+    )
+    segment.set_defaults(run=_segment)
+
+    synth = commands.add_parser(
+        "synth",
+        help="write a synthetic practice's month of referrals as a Bulk Data directory",
+        description="Generate synthetic FHIR data (no real patients): one NDJSON file per type.",
+    )
+    synth.add_argument("--referrals", type=_count, required=True, metavar="N")
+    synth.add_argument(
+        "--seed", type=int, default=1, metavar="S", help="same seed, same output (default 1)"
+    )
+    synth.add_argument("--out", type=Path, required=True, metavar="DIR")
+    synth.add_argument(
+        "--as-of",
+        type=parse_as_of,
+        metavar="ISO8601",
+        help="the end of the generated month (default: today, 00:00 UTC)",
+    )
+    synth.set_defaults(run=_synth)
+    return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.run(args))
+    except AdapterError as error:
+        sys.stderr.write(f"{PROG}: {error}\n")
+        return EXIT_UNREADABLE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # The reader (head, less) went away; that is not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as error:
+        # A bug of ours: one line naming the exception type (its text could quote input), and
+        # the traceback only when asked for.
+        if os.environ.get("REFERRAL_ADAPTER_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"{PROG}: internal error ({type(error).__name__}); "
+            "set REFERRAL_ADAPTER_DEBUG=1 for the traceback\n"
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

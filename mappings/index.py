@@ -1,0 +1,132 @@
+"""The facts of one input, indexed once so each rule is a lookup, not a scan."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from mappings.facts import (
+    AppointmentFacts,
+    CoverageFacts,
+    Facts,
+    FormFacts,
+    MessageFacts,
+    PartyFacts,
+    PatientFacts,
+    RecordFacts,
+    ReferralFacts,
+)
+
+__all__ = ["ReferralIndex"]
+
+T = TypeVar("T")
+
+
+class ReferralIndex:
+    """Referrals and their context, looked up by resolved key.
+
+    Add facts in input order (a later copy of a key replaces an earlier one), and the aliases a
+    Bundle gives (fullUrl -> key); `build()` then resolves every reference and indexes
+    coverages by beneficiary, messages by sender, records, forms and appointments by the
+    referral they point at.
+    """
+
+    def __init__(self) -> None:
+        self.referrals: dict[str, ReferralFacts] = {}
+        self.patients: dict[str, PatientFacts] = {}
+        self.parties: dict[str, PartyFacts] = {}
+        self._coverages: dict[str, CoverageFacts] = {}
+        self._messages: dict[str, MessageFacts] = {}
+        self._forms: dict[str, FormFacts] = {}
+        self._records: dict[str, RecordFacts] = {}
+        self._appointments: dict[str, AppointmentFacts] = {}
+        self._aliases: dict[str, str] = {}
+        self.coverages_by_patient: dict[str, list[CoverageFacts]] = {}
+        self.coverages: dict[str, CoverageFacts] = {}
+        self.messages_by_sender: dict[str, list[MessageFacts]] = {}
+        self.records_by_referral: dict[str, list[RecordFacts]] = {}
+        self.forms_by_referral: dict[str, list[FormFacts]] = {}
+        self.appointments_by_referral: dict[str, list[AppointmentFacts]] = {}
+
+    def add(self, facts: Facts) -> None:
+        if isinstance(facts, ReferralFacts):
+            self.referrals[facts.key] = facts
+        elif isinstance(facts, PatientFacts):
+            self.patients[facts.key] = facts
+        elif isinstance(facts, PartyFacts):
+            self.parties[facts.key] = facts
+        elif isinstance(facts, CoverageFacts):
+            self._coverages[facts.key] = facts
+        elif isinstance(facts, MessageFacts):
+            self._messages[facts.key] = facts
+        elif isinstance(facts, FormFacts):
+            self._forms[facts.key] = facts
+        elif isinstance(facts, RecordFacts):
+            self._records[facts.key] = facts
+        else:
+            self._appointments[facts.key] = facts
+
+    def add_alias(self, name: str, key: str) -> None:
+        """Another name for a resource: a Bundle entry's fullUrl."""
+        if name != key:
+            self._aliases[name] = key
+
+    def resolve(self, reference: str | None) -> str | None:
+        """The key a reduced reference stands for (through fullUrl and identifier aliases)."""
+        if reference is None:
+            return None
+        return self._aliases.get(reference, reference)
+
+    def build(self) -> ReferralIndex:
+        """Resolve references and build the lookups; call once after the last `add`."""
+        self._alias_identifiers()
+        resolve = self.resolve
+        coverages: defaultdict[str, list[CoverageFacts]] = defaultdict(list)
+        for coverage in self._coverages.values():
+            beneficiary = resolve(coverage.beneficiary)
+            if beneficiary:
+                coverages[beneficiary].append(coverage)
+        self.coverages_by_patient = dict(coverages)
+        self.coverages = self._coverages
+        messages: defaultdict[str, list[MessageFacts]] = defaultdict(list)
+        for message in self._messages.values():
+            sender = resolve(message.sender)
+            if sender:
+                messages[sender].append(message)
+        self.messages_by_sender = dict(messages)
+        self.records_by_referral = _by_target(self._records.values(), lambda r: r.related, resolve)
+        self.forms_by_referral = _by_target(self._forms.values(), lambda f: f.based_on, resolve)
+        self.appointments_by_referral = _by_target(
+            self._appointments.values(), lambda a: a.based_on, resolve
+        )
+        return self
+
+    def _alias_identifiers(self) -> None:
+        # A reference by identifier resolves only when exactly one resource carries it.
+        owners: defaultdict[str, set[str]] = defaultdict(set)
+        holders: list[PatientFacts | PartyFacts] = [*self.patients.values(), *self.parties.values()]
+        for holder in holders:
+            for identifier in holder.identifiers:
+                owners[identifier].add(holder.key)
+        for identifier, keys in owners.items():
+            if len(keys) == 1:
+                self._aliases.setdefault(identifier, next(iter(keys)))
+
+    def is_referral_key(self, key: str | None) -> bool:
+        """Whether a resolved key names a ServiceRequest (in the input or not)."""
+        return key is not None and (key in self.referrals or key.startswith("ServiceRequest/"))
+
+
+def _by_target(
+    items: Iterable[T],
+    targets: Callable[[T], tuple[str, ...]],
+    resolve: Callable[[str | None], str | None],
+) -> dict[str, list[T]]:
+    found: defaultdict[str, list[T]] = defaultdict(list)
+    for item in items:
+        for target in targets(item):
+            key = resolve(target)
+            if key:
+                found[key].append(item)
+    return dict(found)

@@ -1,0 +1,464 @@
+"""The referral model of DESIGN.md: state, missing details, segments, aging, source, next action.
+
+Each rule reads like the workflow it implements and returns its reasons, so a coordinator (and a
+test) can see why a referral landed where it did. Nothing here reads the clock: `as_of` is
+passed in.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from fhir_profiles import terminology
+from mappings.business_hours import add_business_hours
+from mappings.facts import CoverageFacts, MessageFacts, ReferralFacts
+from mappings.fhirtime import format_day, whole_days
+from mappings.index import ReferralIndex
+from mappings.model import MissingDetail, NextAction, Reason, ReferralEvaluation
+from mappings.rules import PracticeRules
+
+__all__ = ["Evaluator", "evaluate_all"]
+
+CLOSED_STATUSES = frozenset({"completed", "revoked", "entered-in-error"})
+BOOKED_APPOINTMENT = frozenset({"booked", "arrived", "checked-in", "fulfilled"})
+ACTIVE_MESSAGE = frozenset({"completed", "in-progress"})
+
+TIME_SENSITIVE = "time-sensitive"
+PATIENT_ACTIVE = "patient-active"
+READY = "ready-to-schedule"
+MISSING = "missing-detail"
+HIGH_RELATIONSHIP = "high-relationship"
+
+
+def _name(key: str) -> str:
+    """A key as a person reads it in a detail: `Coverage/c1` -> `Coverage c1`."""
+    head, sep, tail = key.partition("/")
+    return f"{head} {tail}" if sep and head[:1].isupper() and "/" not in tail else key
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Missing:
+    detail: MissingDetail
+    reasons: tuple[Reason, ...]
+
+
+class Evaluator:
+    """Evaluates the referrals of one index under one set of rules at one instant."""
+
+    def __init__(self, index: ReferralIndex, rules: PracticeRules, as_of: datetime) -> None:
+        if as_of.tzinfo is None:
+            raise ValueError("as_of must be timezone-aware")
+        self.index = index
+        self.rules = rules
+        self.as_of = as_of
+        self.terms = terminology()
+        self._referrals = [r for r in index.referrals.values() if rules.is_referral(r.categories)]
+        self._source_dates = self._authored_by_source()
+        self._listed_sources = frozenset(rules.high_relationship.sources)
+
+    @property
+    def referrals(self) -> list[ReferralFacts]:
+        """The ServiceRequests the practice counts as referrals, in input order."""
+        return self._referrals
+
+    def __iter__(self) -> Iterator[ReferralEvaluation]:
+        return (self.evaluate(referral) for referral in self._referrals)
+
+    # --- state -----------------------------------------------------------------------------
+
+    def state(self, referral: ReferralFacts) -> tuple[str, Reason]:
+        if referral.status in CLOSED_STATUSES:
+            return "closed", Reason(
+                state="closed",
+                because=f"the ServiceRequest status is {referral.status}",
+                expression="ServiceRequest.status",
+            )
+        for appointment in self.index.appointments_by_referral.get(referral.key, ()):
+            if appointment.status in BOOKED_APPOINTMENT:
+                return "scheduled", Reason(
+                    state="scheduled",
+                    because=f"{_name(appointment.key)} based on the referral is "
+                    f"{appointment.status}",
+                    expression="Appointment.where(basedOn.references(%referral)).status",
+                )
+        return "open", Reason(
+            state="open",
+            because="not closed and no booked Appointment is based on it",
+            expression="ServiceRequest.status",
+        )
+
+    # --- missing details -----------------------------------------------------------------------
+
+    def _item(
+        self, code: str, detail: str, why: list[tuple[str, str]], segment: str | None
+    ) -> _Missing:
+        """A missing item with its reasons, each (because, FHIRPath expression)."""
+        request_from = self.terms.missing_item(code).request_from
+        reasons = tuple(
+            Reason(segment=segment, item=code, because=because, expression=expression)
+            for because, expression in why
+        )
+        return _Missing(MissingDetail(item=code, detail=detail, request_from=request_from), reasons)
+
+    def missing(self, referral: ReferralFacts, segment: str | None) -> list[_Missing]:
+        """The missing details of a referral, in the CodeSystem's order, each with reasons."""
+        found = []
+        for check in (self._demographics, self._insurance, self._records, self._clarification):
+            result = check(referral, segment)
+            if result is not None:
+                found.append(result)
+        return found
+
+    def _demographics(self, referral: ReferralFacts, segment: str | None) -> _Missing | None:
+        subject = self.index.resolve(referral.subject)
+        patient = self.index.patients.get(subject) if subject else None
+        if patient is None:
+            if subject is None:
+                because = "the referral names no subject patient"
+            else:
+                because = f"the subject {_name(subject)} is not in the input"
+            return self._item(
+                "demographics", because, [(because, "ServiceRequest.subject.resolve()")], segment
+            )
+        gaps: list[tuple[str, str]] = []
+        if not patient.has_name:
+            gaps.append(
+                (
+                    "no name with a family or given part",
+                    "Patient.name.where(family.exists() or given.exists())",
+                )
+            )
+        if not patient.has_birth_date:
+            gaps.append(("no birth date", "Patient.birthDate"))
+        if not patient.has_phone:
+            gaps.append(
+                (
+                    "no phone or SMS number",
+                    "Patient.telecom.where((system = 'phone' or system = 'sms') "
+                    "and value.exists())",
+                )
+            )
+        if not gaps:
+            return None
+        who = _name(patient.key)
+        detail = f"{who} has " + _join([g for g, _ in gaps])
+        return self._item("demographics", detail, [(f"{who} has {g}", e) for g, e in gaps], segment)
+
+    def _coverage_problem(self, coverage: CoverageFacts) -> str | None:
+        """Why a Coverage does not count as in force at as_of, or None if it does."""
+        if coverage.status != "active":
+            status = coverage.status or "without a status"
+            return f"{_name(coverage.key)} is {status}"
+        if coverage.start is not None and coverage.start > self.as_of:
+            return f"{_name(coverage.key)} starts {format_day(coverage.start)}"
+        if coverage.end is not None and coverage.end < self.as_of:
+            return f"{_name(coverage.key)} ended {format_day(coverage.end)}"
+        return None
+
+    def _insurance(self, referral: ReferralFacts, segment: str | None) -> _Missing | None:
+        subject = self.index.resolve(referral.subject)
+        candidates: dict[str, CoverageFacts] = {}
+        for coverage in self.index.coverages_by_patient.get(subject or "", ()):
+            candidates[coverage.key] = coverage
+        for ref in referral.insurance:
+            key = self.index.resolve(ref)
+            if key in self.index.coverages:
+                candidates[key] = self.index.coverages[key]
+        in_force, problems = [], []
+        for coverage in candidates.values():
+            problem = self._coverage_problem(coverage)
+            if problem is None:
+                in_force.append(coverage)
+            else:
+                problems.append(problem)
+        if not in_force:
+            who = _name(subject) if subject else "the patient"
+            detail = f"no active Coverage in force on {format_day(self.as_of)} for {who}"
+            if problems:
+                detail += f" ({'; '.join(problems)})"
+            expression = (
+                "Coverage.where(status = 'active' and (beneficiary.references("
+                "%referral.subject) or %referral.insurance.references($this)) and "
+                "(period.empty() or period.contains(%as_of)))"
+            )
+            return self._item("insurance", detail, [(detail, expression)], segment)
+        if any(c.self_pay or c.has_member_id for c in in_force):
+            return None
+        names = _join([_name(c.key) for c in in_force])
+        detail = f"{names} {'has' if len(in_force) == 1 else 'have'} no member id"
+        because = f"{detail} and {'is not' if len(in_force) == 1 else 'none is'} self-pay"
+        expression = (
+            "Coverage.subscriberId | Coverage.identifier | Coverage.type.coding.where("
+            "system = 'http://terminology.hl7.org/CodeSystem/coverage-selfpay' and code = 'pay')"
+        )
+        return self._item("insurance", detail, [(because, expression)], segment)
+
+    def _records(self, referral: ReferralFacts, segment: str | None) -> _Missing | None:
+        if referral.has_supporting_info:
+            return None
+        if any(r.status == "current" for r in self.index.records_by_referral.get(referral.key, ())):
+            return None
+        if any(rule.matches(referral.codes) for rule in self.rules.records.waived_service_codes):
+            return None
+        detail = (
+            "no records: the referral has no supporting information and no current "
+            "DocumentReference relates to it"
+        )
+        expression = (
+            "ServiceRequest.supportingInfo | DocumentReference.where(status = 'current' and "
+            "context.related.references(%referral))"
+        )
+        return self._item("records", detail, [(detail, expression)], segment)
+
+    def _clarification(self, referral: ReferralFacts, segment: str | None) -> _Missing | None:
+        gaps: list[tuple[str, str]] = []
+        if not referral.has_code:
+            gaps.append(("no service code", "ServiceRequest.code"))
+        if not referral.has_reason:
+            gaps.append(("no reason", "ServiceRequest.reasonCode | ServiceRequest.reasonReference"))
+        if referral.requester is None:
+            gaps.append(("no requester", "ServiceRequest.requester"))
+        if not gaps:
+            return None
+        detail = "the referral has " + _join([g for g, _ in gaps])
+        why = [(f"the referral has {g}", e) for g, e in gaps]
+        return self._item("clarification", detail, why, segment)
+
+    # --- segments ------------------------------------------------------------------------------
+
+    def _time_sensitive(self, referral: ReferralFacts) -> list[Reason]:
+        rules = self.rules.time_sensitive
+        reasons = []
+        if referral.priority in rules.priorities:
+            reasons.append(
+                Reason(
+                    segment=TIME_SENSITIVE,
+                    because=f"the priority is {referral.priority}",
+                    expression="ServiceRequest.priority",
+                )
+            )
+        horizon = self.as_of + timedelta(days=rules.occurrence_within_days)
+        if referral.occurrence is not None and referral.occurrence <= horizon:
+            reasons.append(
+                Reason(
+                    segment=TIME_SENSITIVE,
+                    because=f"the requested date {format_day(referral.occurrence)} is within "
+                    f"{rules.occurrence_within_days} days",
+                    expression=referral.occurrence_path or "ServiceRequest.occurrence",
+                )
+            )
+        for code_rule in rules.service_codes:
+            if code_rule.matches(referral.codes):
+                reasons.append(
+                    Reason(
+                        segment=TIME_SENSITIVE,
+                        because=f"the service code {code_rule.code} is on the practice's "
+                        "time-sensitive list",
+                        expression="ServiceRequest.code.coding",
+                    )
+                )
+                break
+        return reasons
+
+    def _patient_active(self, referral: ReferralFacts) -> tuple[list[Reason], datetime | None]:
+        """Reasons, and the time of the latest qualifying patient signal."""
+        subject = self.index.resolve(referral.subject)
+        if subject is None:
+            return [], None
+        start = self.as_of - timedelta(days=self.rules.patient_active.window_days)
+        reasons, latest = [], None
+        for message in self.index.messages_by_sender.get(subject, ()):
+            if not self._message_counts(message, referral, start):
+                continue
+            assert message.sent is not None
+            latest = message.sent if latest is None else max(latest, message.sent)
+            targets = [self.index.resolve(r) for r in message.refers_to]
+            about = "about this referral" if referral.key in targets else "about no referral"
+            reasons.append(
+                Reason(
+                    segment=PATIENT_ACTIVE,
+                    because=f"{_name(subject)} sent {_name(message.key)} on "
+                    f"{format_day(message.sent)}, {about}",
+                    expression=message.sent_path or "Communication.sent",
+                )
+            )
+        for form in self.index.forms_by_referral.get(referral.key, ()):
+            if (
+                form.status == "completed"
+                and subject in [self.index.resolve(a) for a in form.authors]
+                and form.authored is not None
+                and start <= form.authored <= self.as_of
+            ):
+                latest = form.authored if latest is None else max(latest, form.authored)
+                reasons.append(
+                    Reason(
+                        segment=PATIENT_ACTIVE,
+                        because=f"{_name(subject)} completed {_name(form.key)} on "
+                        f"{format_day(form.authored)}",
+                        expression="QuestionnaireResponse.authored",
+                    )
+                )
+        return reasons, latest
+
+    def _message_counts(
+        self, message: MessageFacts, referral: ReferralFacts, start: datetime
+    ) -> bool:
+        if message.status not in ACTIVE_MESSAGE or message.sent is None:
+            return False
+        if not start <= message.sent <= self.as_of:
+            return False
+        targets = [self.index.resolve(r) for r in message.refers_to]
+        if referral.key in targets:
+            return True
+        # A message about no referral at all counts for each of the patient's open referrals.
+        return not any(self.index.is_referral_key(t) for t in targets)
+
+    def source(self, referral: ReferralFacts) -> str | None:
+        """The requester's Organization; a Practitioner, or a role without one, stands for
+        itself."""
+        requester = self.index.resolve(referral.requester)
+        if requester is None:
+            return None
+        party = self.index.parties.get(requester)
+        if party is not None and party.organization is not None:
+            return self.index.resolve(party.organization)
+        return requester
+
+    def _authored_by_source(self) -> dict[str, list[datetime]]:
+        dates: defaultdict[str, list[datetime]] = defaultdict(list)
+        for referral in self._referrals:
+            source = self.source(referral)
+            if source is not None and referral.authored is not None:
+                dates[source].append(referral.authored)
+        for values in dates.values():
+            values.sort()
+        return dict(dates)
+
+    def _high_relationship(self, source: str | None) -> list[Reason]:
+        if source is None:
+            return []
+        rules = self.rules.high_relationship
+        # The practice lists a source by reference or by one of its identifiers (system|value).
+        party = self.index.parties.get(source)
+        identifiers = party.identifiers if party else ()
+        names = {source, *(i.removeprefix("identifier:") for i in identifiers)}
+        if names & self._listed_sources:
+            return [
+                Reason(
+                    segment=HIGH_RELATIONSHIP,
+                    because=f"{_name(source)} is on the practice's high-relationship list",
+                    expression="ServiceRequest.requester",
+                )
+            ]
+        dates = self._source_dates.get(source, [])
+        start = self.as_of - timedelta(days=rules.window_days)
+        count = bisect.bisect_right(dates, self.as_of) - bisect.bisect_left(dates, start)
+        if count >= rules.min_referrals:
+            return [
+                Reason(
+                    segment=HIGH_RELATIONSHIP,
+                    because=f"{_name(source)} sent {count} referrals in the "
+                    f"{rules.window_days} days up to the evaluation date",
+                    expression="ServiceRequest.requester",
+                )
+            ]
+        return []
+
+    # --- the whole evaluation ---------------------------------------------------------------
+
+    def evaluate(self, referral: ReferralFacts) -> ReferralEvaluation:
+        state, state_reason = self.state(referral)
+        source = self.source(referral)
+        started = referral.authored or referral.last_updated
+        age = max(0, whole_days(started, self.as_of)) if started else None
+        band = self.terms.band_for(age).code if age is not None else None
+        patient = self.index.resolve(referral.subject)
+        if state != "open":
+            missing = self.missing(referral, None) if state == "scheduled" else []
+            return ReferralEvaluation(
+                referral=referral.key,
+                patient=patient,
+                state=state,
+                segments=(),
+                primary_segment=None,
+                missing=tuple(m.detail for m in missing),
+                age_days=age,
+                aging_band=band,
+                source=source,
+                next_action=None,
+                reasons=(state_reason, *(r for m in missing for r in m.reasons)),
+            )
+        missing = self.missing(referral, MISSING)
+        found: dict[str, list[Reason]] = {TIME_SENSITIVE: self._time_sensitive(referral)}
+        active, signal = self._patient_active(referral)
+        found[PATIENT_ACTIVE] = active
+        if missing:
+            found[MISSING] = [r for m in missing for r in m.reasons]
+        else:
+            found[READY] = [
+                Reason(
+                    segment=READY,
+                    because="demographics, insurance, records and clarification are all present",
+                    expression="ServiceRequest.subject.resolve() | ServiceRequest.supportingInfo | "
+                    "ServiceRequest.code | ServiceRequest.requester",
+                )
+            ]
+        found[HIGH_RELATIONSHIP] = self._high_relationship(source)
+        segments = tuple(s for s in self.terms.segments if found.get(s))
+        primary = segments[0]
+        reasons = tuple(r for s in segments for r in found[s])
+        details = tuple(m.detail for m in missing)
+        start = signal if primary == PATIENT_ACTIVE and signal else started
+        return ReferralEvaluation(
+            referral=referral.key,
+            patient=patient,
+            state=state,
+            segments=segments,
+            primary_segment=primary,
+            missing=details,
+            age_days=age,
+            aging_band=band,
+            source=source,
+            next_action=self._next_action(primary, details, start),
+            reasons=reasons,
+        )
+
+    def _next_action(
+        self, segment: str, missing: tuple[MissingDetail, ...], start: datetime | None
+    ) -> NextAction:
+        standard = self.rules.segments[segment]
+        steps = [standard.next_action]
+        for item in missing:
+            whom = "the patient" if item.request_from == "patient" else "the referring office"
+            steps.append(f"Ask {whom} for {item.item}: {item.detail}")
+        due = None
+        if start is not None:
+            due = add_business_hours(
+                start, standard.follow_up_business_hours, self.rules.business_hours
+            )
+        return NextAction(
+            segment=segment,
+            action=standard.next_action,
+            steps=tuple(steps),
+            owner_role=standard.owner_role,
+            backup_owner_role=standard.backup_owner_role,
+            documentation_rule=standard.documentation_rule,
+            follow_up_business_hours=standard.follow_up_business_hours,
+            due=due,
+            overdue=due is not None and due < self.as_of,
+        )
+
+
+def evaluate_all(
+    index: ReferralIndex, rules: PracticeRules, as_of: datetime
+) -> list[ReferralEvaluation]:
+    """Evaluate every referral of a built index."""
+    return list(Evaluator(index, rules, as_of))

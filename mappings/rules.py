@@ -1,0 +1,178 @@
+"""Practice rules: every threshold, window, list and per-segment standard of the referral model.
+
+The shipped defaults live in `adapter/default_rules.yaml`; a practice's own file is laid over
+them key by key. `parse_rules` validates the merged mapping and names the offending key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import time
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fhir_profiles import terminology
+from mappings.errors import RulesError
+
+__all__ = [
+    "BusinessHours",
+    "CodeRule",
+    "PracticeRules",
+    "SegmentStandard",
+    "merge_rules",
+    "parse_rules",
+]
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class _Rules(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeRule(_Rules):
+    """A code the rules refer to: a coding system and code (system may be omitted: any)."""
+
+    system: str | None = None
+    code: str = Field(min_length=1)
+
+    def matches(self, codings: tuple[tuple[str | None, str | None], ...]) -> bool:
+        return any(
+            code == self.code and (self.system is None or system == self.system)
+            for system, code in codings
+        )
+
+
+class ReferralSelection(_Rules):
+    categories: tuple[CodeRule, ...] = Field(
+        description="ServiceRequest categories that make a referral; empty: every ServiceRequest"
+    )
+
+
+class TimeSensitiveRules(_Rules):
+    priorities: tuple[Literal["routine", "urgent", "asap", "stat"], ...]
+    occurrence_within_days: int = Field(ge=0)
+    service_codes: tuple[CodeRule, ...]
+
+
+class PatientActiveRules(_Rules):
+    window_days: int = Field(ge=0)
+
+
+class HighRelationshipRules(_Rules):
+    window_days: int = Field(ge=1)
+    min_referrals: int = Field(ge=1)
+    sources: tuple[str, ...] = Field(
+        description="Source references (Organization/x) or identifiers (system|value)"
+    )
+
+
+class RecordsRules(_Rules):
+    waived_service_codes: tuple[CodeRule, ...]
+
+
+class BusinessHours(_Rules):
+    timezone: str
+    days: tuple[Weekday, ...] = Field(min_length=1)
+    start: time
+    end: time
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {value!r}") from error
+        return value
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted_time(cls, value: object) -> object:
+        # Unquoted 08:00 is a base-60 integer to YAML 1.1; refuse it rather than misread it.
+        if not isinstance(value, str | time):
+            raise ValueError("write the time as a quoted string, such as '08:00'")
+        return value
+
+    @model_validator(mode="after")
+    def _open_before_close(self) -> BusinessHours:
+        if self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def weekdays(self) -> frozenset[int]:
+        return frozenset(WEEKDAYS.index(d) for d in self.days)
+
+
+class SegmentStandard(_Rules):
+    """What a segment asks of staff: the action, who owns it, how to document it, how fast."""
+
+    next_action: str = Field(min_length=1)
+    owner_role: str = Field(min_length=1)
+    backup_owner_role: str = Field(min_length=1)
+    documentation_rule: str = Field(min_length=1)
+    follow_up_business_hours: int = Field(gt=0)
+
+
+class PracticeRules(_Rules):
+    referrals: ReferralSelection
+    time_sensitive: TimeSensitiveRules
+    patient_active: PatientActiveRules
+    high_relationship: HighRelationshipRules
+    records: RecordsRules
+    business_hours: BusinessHours
+    segments: dict[str, SegmentStandard]
+
+    @field_validator("segments")
+    @classmethod
+    def _every_segment(cls, value: dict[str, SegmentStandard]) -> dict[str, SegmentStandard]:
+        known = terminology().segments
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown segment {unknown[0]!r} (known: {', '.join(known)})")
+        missing = [s for s in known if s not in value]
+        if missing:
+            raise ValueError(f"no standard for segment {missing[0]!r}")
+        return value
+
+    def is_referral(self, categories: tuple[tuple[str | None, str | None], ...]) -> bool:
+        wanted = self.referrals.categories
+        return not wanted or any(rule.matches(categories) for rule in wanted)
+
+
+def merge_rules(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` laid over `base`: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_rules(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_rules(data: object, origin: str) -> PracticeRules:
+    """Validated rules from a parsed YAML mapping; RulesError names the key and the problem."""
+    if not isinstance(data, Mapping):
+        raise RulesError(f"{origin}: the rules must be a mapping of keys to values")
+    try:
+        return PracticeRules.model_validate(data)
+    except ValidationError as error:
+        first = error.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        more = len(error.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise RulesError(f"{origin}: {where}: {message}{suffix}") from None
