@@ -51,11 +51,8 @@ def _progress_printer(stream: TextIO, what: str) -> Callable[[int], None] | None
 def _segment(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)
     as_of = args.as_of or datetime.now(UTC)
-    problems = 0
 
     def report(where: str, message: str) -> None:
-        nonlocal problems
-        problems += 1
         sys.stderr.write(f"{PROG}: {where}: {message}\n")
 
     progress = _progress_printer(sys.stderr, "resources read")
@@ -71,7 +68,8 @@ def _segment(args: argparse.Namespace) -> int:
             out.write(dumps(evaluation.to_json(), option=newline))
         out.flush()
     if stats.skipped:
-        sys.stderr.write(f"{PROG}: {stats.skipped} unreadable resources skipped\n")
+        noun = "resource" if stats.skipped == 1 else "resources"
+        sys.stderr.write(f"{PROG}: {stats.skipped} unreadable {noun} skipped\n")
     return 0
 
 

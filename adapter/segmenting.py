@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ from mappings.references import reference_key
 from mappings.referral import Evaluator
 from mappings.rules import PracticeRules
 
-__all__ = ["LoadStats", "evaluate_input", "load_index"]
+__all__ = ["LoadStats", "evaluate_input", "index_resources", "load_index"]
 
 ProblemSink = Callable[[str, str], None]
 ProgressSink = Callable[[int], None]
@@ -120,8 +120,24 @@ def load_index(
 ) -> tuple[ReferralIndex, LoadStats]:
     """Read the input into a built index; unreadable resources go to `on_problem`."""
     loader = _Loader(on_problem, on_progress)
-    for raw in read_input(path, on_problem):
+
+    def unreadable(where: str, message: str) -> None:
+        # A line or file that is not JSON is an unreadable resource too.
+        loader.stats.skipped += 1
+        on_problem(where, message)
+
+    for raw in read_input(path, unreadable):
         loader.take(raw.data, raw.where)
+    return loader.index.build(), loader.stats
+
+
+def index_resources(
+    resources: Iterable[Any], on_problem: ProblemSink
+) -> tuple[ReferralIndex, LoadStats]:
+    """Index resources (or Bundles) already parsed, as the input reader would."""
+    loader = _Loader(on_problem, None)
+    for number, resource in enumerate(resources):
+        loader.take(resource, f"resource[{number}]")
     return loader.index.build(), loader.stats
 
 

@@ -319,6 +319,8 @@ def _post_check(elements: tuple[_Element, ...]) -> Callable[[Any], Any] | None:
             groups.setdefault(e.choice_group, []).append(e.name)
             if e.choice_required:
                 required_groups.add(e.choice_group)
+    if not required and not groups:
+        return None
     # Every name, with its `_name` companion, that belongs to a choice group, for one set
     # intersection per object instead of a loop over the groups.
     group_of = {n: g for g, names in groups.items() for n in names}
@@ -397,7 +399,8 @@ def validate_resource(data: object) -> list[BaseIssue]:
     if not isinstance(resource_type, str) or not resource_type:
         return [BaseIssue("(resource)", "no resourceType")]
     if not is_resource_type(resource_type):
-        return [BaseIssue("resourceType", f"unknown resource type {_safe_name(resource_type)}")]
+        # The unknown name comes from the input and could be anything: it is not echoed.
+        return [BaseIssue("resourceType", "unknown resource type")]
     try:
         _REGISTRY.validator(resource_type).validate_python(data)
     except ValidationError as error:
@@ -426,9 +429,3 @@ def _issue(resource_type: str, detail: Mapping[str, Any]) -> BaseIssue:
     else:
         message = str(detail["msg"])
     return BaseIssue(path, message)
-
-
-def _safe_name(name: str) -> str:
-    # A resourceType is a type name, but an unknown one comes from the input: echo it only when
-    # it looks like a type name, never arbitrary text that could carry PHI.
-    return repr(name) if _SAFE_NAME.match(name) else "(not a type name)"

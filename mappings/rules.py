@@ -46,6 +46,9 @@ class CodeRule(_Rules):
         )
 
 
+# Numbers are strict: YAML reads `no` as False, which lax validation would take for 0.
+
+
 class ReferralSelection(_Rules):
     categories: tuple[CodeRule, ...] = Field(
         description="ServiceRequest categories that make a referral; empty: every ServiceRequest"
@@ -54,17 +57,17 @@ class ReferralSelection(_Rules):
 
 class TimeSensitiveRules(_Rules):
     priorities: tuple[Literal["routine", "urgent", "asap", "stat"], ...]
-    occurrence_within_days: int = Field(ge=0)
+    occurrence_within_days: int = Field(ge=0, strict=True)
     service_codes: tuple[CodeRule, ...]
 
 
 class PatientActiveRules(_Rules):
-    window_days: int = Field(ge=0)
+    window_days: int = Field(ge=0, strict=True)
 
 
 class HighRelationshipRules(_Rules):
-    window_days: int = Field(ge=1)
-    min_referrals: int = Field(ge=1)
+    window_days: int = Field(ge=1, strict=True)
+    min_referrals: int = Field(ge=1, strict=True)
     sources: tuple[str, ...] = Field(
         description="Source references (Organization/x) or identifiers (system|value)"
     )
@@ -92,8 +95,13 @@ class BusinessHours(_Rules):
     @field_validator("start", "end", mode="before")
     @classmethod
     def _quoted_time(cls, value: object) -> object:
-        # Unquoted 08:00 is a base-60 integer to YAML 1.1; refuse it rather than misread it.
-        if not isinstance(value, str | time):
+        # YAML 1.1 reads an unquoted 9:00 as the base-60 integer 540; refuse it, don't misread it.
+        if isinstance(value, str):
+            try:
+                return time.fromisoformat(value)
+            except ValueError:
+                raise ValueError("not a time of day such as '08:00'") from None
+        if not isinstance(value, time):
             raise ValueError("write the time as a quoted string, such as '08:00'")
         return value
 
@@ -119,7 +127,7 @@ class SegmentStandard(_Rules):
     owner_role: str = Field(min_length=1)
     backup_owner_role: str = Field(min_length=1)
     documentation_rule: str = Field(min_length=1)
-    follow_up_business_hours: int = Field(gt=0)
+    follow_up_business_hours: int = Field(gt=0, strict=True)
 
 
 class PracticeRules(_Rules):
@@ -131,11 +139,14 @@ class PracticeRules(_Rules):
     business_hours: BusinessHours
     segments: dict[str, SegmentStandard]
 
-    @field_validator("segments")
+    @field_validator("segments", mode="before")
     @classmethod
-    def _every_segment(cls, value: dict[str, SegmentStandard]) -> dict[str, SegmentStandard]:
+    def _every_segment(cls, value: object) -> object:
+        # Names first: a misspelt segment is one clear problem, not four missing keys under it.
+        if not isinstance(value, Mapping):
+            return value
         known = terminology().segments
-        unknown = sorted(set(value) - set(known))
+        unknown = sorted(str(k) for k in value if k not in known)
         if unknown:
             raise ValueError(f"unknown segment {unknown[0]!r} (known: {', '.join(known)})")
         missing = [s for s in known if s not in value]

@@ -11,6 +11,8 @@ from mappings.model import ReferralEvaluation
 
 __all__ = ["render_summary"]
 
+UNDATED = "undated"
+
 
 def render_summary(
     evaluations: Iterable[ReferralEvaluation],
@@ -32,16 +34,19 @@ def render_summary(
         if evaluation.state != "open" or evaluation.primary_segment is None:
             continue
         primary = evaluation.primary_segment
-        grid[(primary, evaluation.aging_band or "")] += 1
-        grid[(primary, "total")] += 1
-        grid[("total", evaluation.aging_band or "")] += 1
-        grid[("total", "total")] += 1
+        band = evaluation.aging_band or UNDATED
+        for row in (primary, "total"):
+            grid[(row, band)] += 1
+            grid[(row, "total")] += 1
         if evaluation.next_action is not None and evaluation.next_action.overdue:
             overdue[primary] += 1
             overdue["total"] += 1
         membership.update(evaluation.segments)
         missing.update(m.item for m in evaluation.missing)
 
+    # A referral with neither authoredOn nor meta.lastUpdated has no age; it still counts.
+    if grid[("total", UNDATED)]:
+        bands.append(UNDATED)
     columns = [*bands, "total", "overdue"]
     rows = [*terms.segments, "total"]
     width = max(len(r) for r in rows) + 2
