@@ -23,6 +23,7 @@ __all__ = ["RawResource", "data_files", "read_input"]
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 JSON_SUFFIXES = (".json",)
 ProblemSink = Callable[[str, str], None]
+BOM = b"\xef\xbb\xbf"  # some Windows tools start UTF-8 files with it; JSON parsers refuse it
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ def _read_file(path: Path, on_problem: ProblemSink, *, in_directory: bool) -> It
             content = handle.read()
     except OSError as error:
         raise InputError(f"{path}: cannot be read ({error.strerror})") from None
+    content = content.removeprefix(BOM)
     try:
         document = orjson.loads(content)
     except orjson.JSONDecodeError:
@@ -111,7 +113,8 @@ def _read_ndjson(path: Path, on_problem: ProblemSink) -> Iterator[RawResource]:
     name = str(path)
     loads = orjson.loads
     with handle:
-        for number, line in enumerate(handle, start=1):
+        for number, raw in enumerate(handle, start=1):
+            line = raw.removeprefix(BOM) if number == 1 else raw
             if not line.strip():
                 continue
             try:

@@ -284,13 +284,22 @@ _EXTRACTORS: dict[str, Callable[[JSON, str, str], Facts]] = {
 RELEVANT_TYPES = frozenset(_EXTRACTORS)
 
 
+# A contained resource has no life outside its container: it only lets the container's references
+# resolve. So contained parties, patients and coverages are read; a contained ServiceRequest is
+# not a referral of its own, nor is a contained message or appointment.
+CONTEXT_TYPES = frozenset(
+    {"Patient", "Coverage", "Organization", "Practitioner", "PractitionerRole"}
+)
+
+
 def extract(resource: JSON, key: str) -> Iterator[Facts]:
-    """Facts of a validated resource and of the resources it contains (keys `key#id`)."""
+    """Facts of a validated resource and of the context it contains (keys `key#id`)."""
     extractor = _EXTRACTORS.get(resource["resourceType"])
     if extractor is not None:
         yield extractor(resource, key, key)
     for contained in resource.get("contained") or ():
-        inner = _EXTRACTORS.get(contained.get("resourceType"))
+        contained_type = contained.get("resourceType")
+        inner = _EXTRACTORS.get(contained_type) if contained_type in CONTEXT_TYPES else None
         contained_id = contained.get("id")
         if inner is not None and isinstance(contained_id, str):
             yield inner(contained, f"{key}#{contained_id}", key)

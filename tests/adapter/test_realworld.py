@@ -127,10 +127,12 @@ def test_how_many_files_hold_a_referral(capsys: pytest.CaptureFixture[str]) -> N
         assert code == 0
         if found:
             with_lines.append(path.relative_to(REALWORLD).as_posix())
-    # 20 ServiceRequest files in fhir-r4-core plus the QuestionnaireResponse with a contained
-    # order, 7 in us-core, 3 in gravity, and the 3 BaRS referral messages.
-    assert len(with_lines) == 34
-    assert sum(p.startswith("fhir-r4-core/") for p in with_lines) == 21
+    # 20 ServiceRequest files in fhir-r4-core, 7 in us-core, 3 in gravity, and the 3 BaRS
+    # referral messages. The QuestionnaireResponse whose contained order is a ServiceRequest
+    # gives no line: a contained resource is part of its container, not a referral.
+    assert len(with_lines) == 33
+    assert "fhir-r4-core/questionnaireresponse-example.json" not in with_lines
+    assert sum(p.startswith("fhir-r4-core/") for p in with_lines) == 20
     assert sum(p.startswith("us-core/") for p in with_lines) == 7
     assert sum(p.startswith("gravity/") for p in with_lines) == 3
     assert sum(p.startswith("bars/process_message/") for p in with_lines) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,16 @@ def test_a_directory_without_data_files_raises_input_error(tmp_path: Path) -> No
     (tmp_path / "sub" / "Patient.ndjson").write_bytes(ndjson(resource("Patient", "a")))
     with pytest.raises(InputError, match=r"holds no \.ndjson or \.json files"):
         read(tmp_path)
+
+
+def test_a_utf8_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": []}
+    json_file = tmp_path / "bundle.json"
+    json_file.write_bytes(b"\xef\xbb\xbf" + json.dumps(bundle).encode())
+    ndjson_file = tmp_path / "Patient.ndjson"
+    ndjson_file.write_bytes(b"\xef\xbb\xbf" + json.dumps({"resourceType": "Patient"}).encode())
+    problems: list[tuple[str, str]] = []
+    found = [r.data for r in read_input(json_file, lambda w, m: problems.append((w, m)))]
+    found += [r.data for r in read_input(ndjson_file, lambda w, m: problems.append((w, m)))]
+    assert found == [bundle, {"resourceType": "Patient"}]
+    assert problems == []

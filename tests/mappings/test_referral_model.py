@@ -796,3 +796,15 @@ def test_every_open_referral_has_exactly_one_of_ready_or_missing() -> None:
         e = only(resources)
         assert len({"ready-to-schedule", "missing-detail"} & set(e.segments)) == 1
         assert ("missing-detail" in e.segments) == bool(e.missing)
+
+
+def test_a_contained_patient_resolves_the_subject_and_a_contained_order_is_no_referral() -> None:
+    patient = p.ada_quill()
+    patient["id"] = "pat"
+    referral = p.ada_referral(subject={"reference": "#pat"}, contained=[patient])
+    e = only(packet(referral=referral, drop=("Patient/ada-quill",)))
+    assert e.patient == f"{REF}#pat"
+    assert "demographics" not in items(e)
+    form = p.ada_intake_form(iso(AS_OF - timedelta(days=1)))
+    form["contained"] = [{**p.ada_referral(), "id": "inner-order"}]
+    assert list(evaluate([*packet(), form])) == [REF]
