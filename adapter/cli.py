@@ -14,7 +14,7 @@ import orjson
 
 from adapter.errors import AdapterError, ConfigError
 from adapter.practice_rules import load_rules
-from adapter.segmenting import evaluate_input
+from adapter.segmenting import bulk_allocation, evaluate_input
 from mappings.fhirtime import as_utc
 from mappings.summary import render_summary
 
@@ -56,17 +56,18 @@ def _segment(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{PROG}: {where}: {message}\n")
 
     progress = _progress_printer(sys.stderr, "resources read")
-    evaluations, stats = evaluate_input(args.input, rules, as_of, report, progress)
-    if progress is not None:
-        sys.stderr.write("\n")
-    if args.summary:
-        sys.stdout.write(render_summary(evaluations, as_of, stats.resources, stats.skipped))
-    else:
-        out = sys.stdout.buffer
-        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        for evaluation in evaluations:
-            out.write(dumps(evaluation.to_json(), option=newline))
-        out.flush()
+    with bulk_allocation():
+        evaluations, stats = evaluate_input(args.input, rules, as_of, report, progress)
+        if progress is not None:
+            sys.stderr.write("\n")
+        if args.summary:
+            sys.stdout.write(render_summary(evaluations, as_of, stats.resources, stats.skipped))
+        else:
+            out = sys.stdout.buffer
+            dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+            for evaluation in evaluations:
+                out.write(dumps(evaluation.to_json(), option=newline))
+            out.flush()
     if stats.skipped:
         noun = "resource" if stats.skipped == 1 else "resources"
         sys.stderr.write(f"{PROG}: {stats.skipped} unreadable {noun} skipped\n")

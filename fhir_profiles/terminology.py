@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from importlib.abc import Traversable
 from typing import Any
 
 CANONICAL_BASE = "https://fhir.referral-adapter.org"
@@ -62,8 +63,8 @@ class Terminology:
         raise KeyError(code)
 
 
-def _load(name: str) -> dict[str, Any]:
-    text = resources.files("fhir_profiles").joinpath(name).read_text(encoding="utf-8")
+def _load(directory: Traversable, name: str) -> dict[str, Any]:
+    text = directory.joinpath(name).read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
     if data.get("resourceType") != "CodeSystem":
         raise ValueError(f"{name} is not a CodeSystem")
@@ -83,10 +84,15 @@ def _properties(concept: dict[str, Any]) -> dict[str, Any]:
 @cache
 def terminology() -> Terminology:
     """The project's codes, read from the CodeSystem files shipped in this package."""
-    segment_cs = _load("CodeSystem-referral-segment.json")
+    return load_terminology(resources.files("fhir_profiles"))
+
+
+def load_terminology(directory: Traversable) -> Terminology:
+    """The codes of the CodeSystem files in `directory`."""
+    segment_cs = _load(directory, "CodeSystem-referral-segment.json")
     ranked = sorted(segment_cs["concept"], key=lambda c: _properties(c)["precedence"])
-    missing_cs = _load("CodeSystem-missing-detail.json")
-    sources_cs = _load("CodeSystem-information-source.json")
+    missing_cs = _load(directory, "CodeSystem-missing-detail.json")
+    sources_cs = _load(directory, "CodeSystem-information-source.json")
     sources = tuple(c["code"] for c in sources_cs["concept"])
     items = []
     for concept in missing_cs["concept"]:
@@ -99,7 +105,7 @@ def terminology() -> Terminology:
             )
         )
     bands = []
-    for concept in _load("CodeSystem-aging-band.json")["concept"]:
+    for concept in _load(directory, "CodeSystem-aging-band.json")["concept"]:
         props = _properties(concept)
         bands.append(
             AgingBand(concept["code"], concept["display"], props["min-days"], props.get("max-days"))
@@ -110,5 +116,7 @@ def terminology() -> Terminology:
         missing_items=tuple(items),
         information_sources=sources,
         aging_bands=tuple(bands),
-        states=tuple(c["code"] for c in _load("CodeSystem-referral-state.json")["concept"]),
+        states=tuple(
+            c["code"] for c in _load(directory, "CodeSystem-referral-state.json")["concept"]
+        ),
     )

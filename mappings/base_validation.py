@@ -1,12 +1,13 @@
 """Validation of FHIR R4 JSON resources against the base definition of their type.
 
 The element tables (names, data types, cardinality, required elements, choice groups, required
-code bindings) are read from the fhir.resources R4B models, the closest published Python models
-to the R4 that EHRs speak. Validating through those models costs about twenty-five times a
-`json.loads` of the same resource, which is too slow for a practice's whole referral history, so
-the tables are compiled once per resource type into a pydantic-core validator that runs in Rust.
-Only the few checks that a core schema cannot express (required primitives, which may be carried
-by their `_element` extension alone, and at most one member of each choice group) run in Python.
+code bindings) come from the fhir.resources R4B models, the closest published Python models to
+the R4 that EHRs speak (see `fhir_tables`). Validating through those models themselves costs
+about twenty-five times a `json.loads` of the same resource, too slow for a practice's whole
+referral history, so the tables are compiled into a pydantic-core validator that runs in Rust:
+one shared by the referral model's own types, one per other type on first use. Only the few
+checks that a core schema cannot express (required primitives, which may be carried by their
+`_element` extension alone, and at most one member of each choice group) run in Python.
 
 What counts as invalid is what DESIGN.md calls unreadable: wrong data types (a string where an
 object belongs, a malformed date, an unknown element), missing required elements, codes outside a
@@ -18,18 +19,17 @@ from __future__ import annotations
 
 import re
 import threading
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache, lru_cache
 from typing import Any
 
 from pydantic_core import PydanticCustomError, SchemaValidator, ValidationError, core_schema
 
-__all__ = ["BaseIssue", "is_resource_type", "validate_resource"]
+from mappings.fhir_tables import Element, elements, is_resource_type
+
+__all__ = ["BaseIssue", "is_resource_type", "preload", "validate_resource"]
 
 CoreSchema = core_schema.CoreSchema
-_SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _ELEMENT_NAME = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
@@ -73,30 +73,10 @@ _PATTERNS: dict[str, str] = {
     "instant": rf"^{_FULL_DATE}T{_TIME}{_ZONE}$",
     "time": rf"^{_TIME}$",
 }
-_PATTERN_NAMES = {pattern: name for name, pattern in _PATTERNS.items()}
-
-# fhir.resources marks each primitive element with a metadata class named after the FHIR type.
-_PRIMITIVE_BY_MARKER = {
-    "String": "string",
-    "Markdown": "markdown",
-    "Xhtml": "xhtml",
-    "Code": "code",
-    "Id": "id",
-    "Uri": "uri",
-    "Url": "url",
-    "Canonical": "canonical",
-    "Oid": "oid",
-    "UuidVersion": "uuid",
-    "Base64Binary": "base64Binary",
-    "Date": "date",
-    "DateTime": "dateTime",
-    "Instant": "instant",
-    "Time": "time",
-    "Decimal": "decimal",
-    "Integer": "integer",
-    "UnsignedInt": "unsignedInt",
-    "PositiveInt": "positiveInt",
-}
+# uri, url and canonical share a pattern: a mismatch is reported as the most general, uri.
+_PATTERN_NAMES: dict[str, str] = {}
+for _name, _pattern in _PATTERNS.items():
+    _PATTERN_NAMES.setdefault(_pattern, _name)
 
 
 def _primitive_schema(fhir_type: str) -> CoreSchema:
@@ -115,114 +95,6 @@ def _primitive_schema(fhir_type: str) -> CoreSchema:
     if pattern is None:  # string, markdown, xhtml
         return core_schema.str_schema(strict=True)
     return core_schema.str_schema(strict=True, pattern=pattern)
-
-
-# --- element tables from the fhir.resources models -------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Element:
-    name: str  # JSON name
-    kind: str  # "primitive", "complex" or "resource"
-    fhir_type: str  # primitive type name, or complex type / backbone class name
-    is_list: bool
-    required: bool
-    choice_group: str | None
-    choice_required: bool
-    codes: tuple[str, ...] | None
-
-
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
-    """Strip Optional and List from a model annotation: (inner annotation, is_list)."""
-    is_list = False
-    while True:
-        origin = typing.get_origin(annotation)
-        args = typing.get_args(annotation)
-        if origin in (list, typing.List):  # noqa: UP006 - the models use typing.List
-            is_list = True
-            annotation = args[0]
-        elif args and origin is not typing.Annotated:
-            members = [a for a in args if a is not type(None)]
-            if len(members) != 1:
-                raise TypeError(f"unexpected union in model annotation: {annotation!r}")
-            annotation = members[0]
-        else:
-            return annotation, is_list
-
-
-def _classify(annotation: Any) -> tuple[str, str]:
-    if typing.get_origin(annotation) is typing.Annotated:
-        for marker in typing.get_args(annotation)[1:]:
-            marker_name = marker.__name__ if isinstance(marker, type) else type(marker).__name__
-            if marker_name in _PRIMITIVE_BY_MARKER:
-                return "primitive", _PRIMITIVE_BY_MARKER[marker_name]
-        raise TypeError(f"unknown primitive marker in {annotation!r}")
-    if annotation is bool:
-        return "primitive", "boolean"
-    name = getattr(annotation, "__name__", "")
-    if name == "ResourceType":
-        return "resource", "Resource"
-    if name.endswith("Type"):
-        return "complex", name[: -len("Type")]
-    raise TypeError(f"unknown element type {annotation!r}")
-
-
-@cache
-def _model_class(name: str) -> Any:
-    from fhir.resources.R4B import get_fhir_model_class  # heavy import, done on first use
-
-    return get_fhir_model_class(name)
-
-
-def _complete_codes(codes: object) -> tuple[str, ...] | None:
-    """A required binding's codes, when the models list them all.
-
-    The models abbreviate long bindings with a trailing "+" (Task.status lists four codes and
-    "+"); such a list cannot tell a wrong code from an unlisted right one, so it is not enforced.
-    """
-    if not isinstance(codes, list) or not codes or "+" in codes:
-        return None
-    return tuple(str(c) for c in codes)
-
-
-@cache
-def _elements(type_name: str) -> tuple[_Element, ...]:
-    elements = []
-    for field in _model_class(type_name).model_fields.values():
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if not extra.get("element_property"):
-            continue
-        inner, is_list = _unwrap(field.annotation)
-        kind, fhir_type = _classify(inner)
-        codes = extra.get("enum_values")
-        group = extra.get("one_of_many")
-        elements.append(
-            _Element(
-                name=str(field.alias),
-                kind=kind,
-                fhir_type=fhir_type,
-                is_list=is_list,
-                required=bool(extra.get("element_required")) or field.is_required(),
-                choice_group=str(group) if group else None,
-                choice_required=bool(extra.get("one_of_many_required")),
-                codes=_complete_codes(codes),
-            )
-        )
-    return tuple(elements)
-
-
-@lru_cache(maxsize=1024)
-def is_resource_type(name: str) -> bool:
-    """Whether `name` is a resource type of FHIR R4 (as modelled by R4B)."""
-    if not _SAFE_NAME.match(name) or name in ("Resource", "DomainResource"):
-        return False
-    try:
-        cls = _model_class(name)
-    except ValueError:
-        return False
-    return any(base.__name__ == "Resource" for base in cls.__mro__) and (
-        getattr(cls, "__resource_type__", None) == name
-    )
 
 
 # --- compilation into pydantic-core schemas ---------------------------------------------------
@@ -261,7 +133,7 @@ class _Compiler:
             )
         return core_schema.definition_reference_schema(_ELEMENT_EXTENSION)
 
-    def value_schema(self, element: _Element) -> CoreSchema:
+    def value_schema(self, element: Element) -> CoreSchema:
         if element.kind == "primitive":
             if element.codes:
                 return core_schema.literal_schema(list(element.codes))
@@ -273,9 +145,9 @@ class _Compiler:
         return self.ref(element.fhir_type)
 
     def object_schema(self, type_name: str, ref: str, *, root: bool) -> CoreSchema:
-        elements = _elements(type_name)
+        members = elements(type_name)
         fields: dict[str, core_schema.TypedDictField] = {}
-        for element in elements:
+        for element in members:
             value = self.value_schema(element)
             if element.is_list:
                 value = core_schema.list_schema(
@@ -301,13 +173,26 @@ class _Compiler:
                 core_schema.literal_schema([type_name]), required=True
             )
         schema: CoreSchema = core_schema.typed_dict_schema(fields, extra_behavior="forbid")
-        check = _post_check(elements)
-        if check is not None:
-            schema = core_schema.no_info_after_validator_function(check, schema)
-        return {**schema, "ref": ref} if not root else schema
+        check = _post_check(members)
+        if check is None or root:  # a resource's own check runs in Python, without a callback
+            return schema if root else {**schema, "ref": ref}
+        return core_schema.no_info_after_validator_function(_raising(check), schema, ref=ref)
 
 
-def _post_check(elements: tuple[_Element, ...]) -> Callable[[Any], Any] | None:
+Check = Callable[[dict[str, Any]], str | None]
+
+
+def _raising(check: Check) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def validate(value: dict[str, Any]) -> dict[str, Any]:
+        problem = check(value)
+        if problem is not None:
+            raise PydanticCustomError("fhir_element", problem)
+        return value
+
+    return validate
+
+
+def _post_check(elements: tuple[Element, ...]) -> Check | None:
     """The checks a typed dict cannot express: required primitives and choice groups."""
     required = tuple(
         e.name for e in elements if e.required and e.kind == "primitive" and not e.choice_group
@@ -327,56 +212,82 @@ def _post_check(elements: tuple[_Element, ...]) -> Callable[[Any], Any] | None:
     group_of.update({"_" + n: g for n, g in list(group_of.items())})
     members = frozenset(group_of)
 
-    def check(value: dict[str, Any]) -> dict[str, Any]:
+    def check(value: dict[str, Any]) -> str | None:
         for name in required:
             if name not in value and "_" + name not in value:
-                raise PydanticCustomError(
-                    "fhir_required", "required element {name} is missing", {"name": name}
-                )
-        present = members.intersection(value.keys()) if members else ()
+                return f"required element {name} is missing"
+        if not members:
+            return None
         found: dict[str, set[str]] = {}
-        for name in present:
+        for name in members.intersection(value.keys()):
             found.setdefault(group_of[name], set()).add(name.lstrip("_"))
         for group, names in found.items():
             if len(names) > 1:
-                raise PydanticCustomError(
-                    "fhir_choice",
-                    "only one of {group}[x] may be present, found {found}",
-                    {"group": group, "found": ", ".join(sorted(names))},
-                )
+                return f"only one of {group}[x] may be present, found {', '.join(sorted(names))}"
         for group in required_groups:
             if group not in found:
-                raise PydanticCustomError(
-                    "fhir_required", "required element {name}[x] is missing", {"name": group}
-                )
-        return value
+                return f"required element {group}[x] is missing"
+        return None
 
     return check
 
 
+@dataclass(frozen=True, slots=True)
+class _Validator:
+    """A compiled validator for one or more resource types, and their resource-level checks."""
+
+    schema: SchemaValidator
+    tagged: bool  # a union over resourceType: error locations start with the type
+    checks: dict[str, Check | None]
+
+
+def _compile(resource_types: tuple[str, ...]) -> _Validator:
+    compiler = _Compiler(_validate_contained)
+    roots = {t: compiler.object_schema(t, t, root=True) for t in resource_types}
+    if len(roots) == 1:
+        root = next(iter(roots.values()))
+    else:
+        # One validator for several types shares the datatypes' definitions, compiled once.
+        root = core_schema.tagged_union_schema(roots, discriminator="resourceType")
+    schema = core_schema.definitions_schema(root, list(compiler.definitions.values()))
+    checks = {t: _post_check(elements(t)) for t in resource_types}
+    return _Validator(SchemaValidator(schema), len(roots) > 1, checks)
+
+
 class _Registry:
-    """Compiled validators, one per resource type, built on first use."""
+    """Compiled validators: one shared by the preloaded types, one per other type on first use."""
 
     def __init__(self) -> None:
-        self._validators: dict[str, SchemaValidator] = {}
+        self._validators: dict[str, _Validator] = {}
         self._lock = threading.Lock()
 
-    def validator(self, resource_type: str) -> SchemaValidator:
+    def preload(self, resource_types: Iterable[str]) -> None:
+        wanted = tuple(sorted(t for t in set(resource_types) if is_resource_type(t)))
+        with self._lock:
+            if all(t in self._validators for t in wanted):
+                return
+            shared = _compile(wanted)
+            for resource_type in wanted:
+                self._validators[resource_type] = shared
+
+    def validator(self, resource_type: str) -> _Validator:
         found = self._validators.get(resource_type)
         if found is not None:
             return found
         with self._lock:
             found = self._validators.get(resource_type)
             if found is None:
-                compiler = _Compiler(_validate_contained)
-                root = compiler.object_schema(resource_type, resource_type, root=True)
-                schema = core_schema.definitions_schema(root, list(compiler.definitions.values()))
-                found = SchemaValidator(schema)
+                found = _compile((resource_type,))
                 self._validators[resource_type] = found
         return found
 
 
 _REGISTRY = _Registry()
+
+
+def preload(resource_types: Iterable[str]) -> None:
+    """Compile one validator shared by these types (faster than one per type when all appear)."""
+    _REGISTRY.preload(resource_types)
 
 
 def _validate_contained(value: dict[str, Any]) -> dict[str, Any]:
@@ -401,16 +312,20 @@ def validate_resource(data: object) -> list[BaseIssue]:
     if not is_resource_type(resource_type):
         # The unknown name comes from the input and could be anything: it is not echoed.
         return [BaseIssue("resourceType", "unknown resource type")]
+    validator = _REGISTRY.validator(resource_type)
     try:
-        _REGISTRY.validator(resource_type).validate_python(data)
+        validator.schema.validate_python(data)
     except ValidationError as error:
-        return [_issue(resource_type, detail) for detail in error.errors(include_input=False)]
-    return []
+        skip = 1 if validator.tagged else 0
+        return [_issue(resource_type, detail, skip) for detail in error.errors(include_input=False)]
+    check = validator.checks[resource_type]
+    problem = check(data) if check is not None else None
+    return [BaseIssue(resource_type, problem)] if problem else []
 
 
-def _issue(resource_type: str, detail: Mapping[str, Any]) -> BaseIssue:
+def _issue(resource_type: str, detail: Mapping[str, Any], skip: int) -> BaseIssue:
     path = resource_type
-    for part in detail["loc"]:
+    for part in detail["loc"][skip:]:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
@@ -424,6 +339,8 @@ def _issue(resource_type: str, detail: Mapping[str, Any]) -> BaseIssue:
         message = "required element is missing"
     elif kind == "string_pattern_mismatch":
         message = f"not a valid {_PATTERN_NAMES.get(str(context.get('pattern')), 'value')}"
+    elif kind == "fhir_element":
+        message = str(detail["msg"])
     elif kind == "literal_error":
         message = f"code not allowed here (expected {context.get('expected', 'another code')})"
     else:

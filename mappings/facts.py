@@ -7,13 +7,13 @@ rules look at, with references already reduced to keys (see `references`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from mappings.fhirtime import parse_instant
-from mappings.references import identifier_keys, reference_key, resource_key
+from mappings.references import identifier_keys, reference_key
 
 __all__ = [
     "AppointmentFacts",
@@ -292,20 +292,13 @@ CONTEXT_TYPES = frozenset(
 )
 
 
-def extract(resource: JSON, key: str) -> Iterator[Facts]:
+def extract(resource: JSON, key: str) -> list[Facts]:
     """Facts of a validated resource and of the context it contains (keys `key#id`)."""
     extractor = _EXTRACTORS.get(resource["resourceType"])
-    if extractor is not None:
-        yield extractor(resource, key, key)
+    found = [extractor(resource, key, key)] if extractor is not None else []
     for contained in resource.get("contained") or ():
         contained_type = contained.get("resourceType")
-        inner = _EXTRACTORS.get(contained_type) if contained_type in CONTEXT_TYPES else None
         contained_id = contained.get("id")
-        if inner is not None and isinstance(contained_id, str):
-            yield inner(contained, f"{key}#{contained_id}", key)
-
-
-def key_of(resource: JSON, full_url: str | None, fallback: str) -> str:
-    """A resource's key, or `fallback` (its position in the input) when it has neither id nor
-    fullUrl."""
-    return resource_key(resource, full_url) or fallback
+        if contained_type in CONTEXT_TYPES and isinstance(contained_id, str):
+            found.append(_EXTRACTORS[contained_type](contained, f"{key}#{contained_id}", key))
+    return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mappings.facts import (
     AppointmentFacts,
@@ -42,6 +42,17 @@ class ReferralIndex:
         self._records: dict[str, RecordFacts] = {}
         self._appointments: dict[str, AppointmentFacts] = {}
         self._aliases: dict[str, str] = {}
+        # Each kind of facts goes to its own table; one dict lookup instead of isinstance tests.
+        self._tables: dict[type, dict[str, Any]] = {
+            ReferralFacts: self.referrals,
+            PatientFacts: self.patients,
+            PartyFacts: self.parties,
+            CoverageFacts: self._coverages,
+            MessageFacts: self._messages,
+            FormFacts: self._forms,
+            RecordFacts: self._records,
+            AppointmentFacts: self._appointments,
+        }
         self.coverages_by_patient: dict[str, list[CoverageFacts]] = {}
         self.coverages: dict[str, CoverageFacts] = {}
         self.messages_by_sender: dict[str, list[MessageFacts]] = {}
@@ -50,22 +61,7 @@ class ReferralIndex:
         self.appointments_by_referral: dict[str, list[AppointmentFacts]] = {}
 
     def add(self, facts: Facts) -> None:
-        if isinstance(facts, ReferralFacts):
-            self.referrals[facts.key] = facts
-        elif isinstance(facts, PatientFacts):
-            self.patients[facts.key] = facts
-        elif isinstance(facts, PartyFacts):
-            self.parties[facts.key] = facts
-        elif isinstance(facts, CoverageFacts):
-            self._coverages[facts.key] = facts
-        elif isinstance(facts, MessageFacts):
-            self._messages[facts.key] = facts
-        elif isinstance(facts, FormFacts):
-            self._forms[facts.key] = facts
-        elif isinstance(facts, RecordFacts):
-            self._records[facts.key] = facts
-        else:
-            self._appointments[facts.key] = facts
+        self._tables[type(facts)][facts.key] = facts
 
     def add_alias(self, name: str, key: str) -> None:
         """Another name for a resource: a Bundle entry's fullUrl."""
