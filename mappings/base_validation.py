@@ -103,11 +103,17 @@ _ELEMENT_EXTENSION = "__primitive_element"
 
 
 class _Compiler:
-    """Builds one core schema for a resource type, with a definition per complex type."""
+    """Builds one core schema for a resource type, with a definition per complex type.
 
-    def __init__(self, validate_nested: Callable[[Any], Any]) -> None:
+    `companions` adds the `_name` element of every primitive (its id and extensions) and the
+    legacy `fhir_comments`. They are rare in practice, but declaring them doubles the fields a
+    typed dict checks, so validation first runs a schema without them (see `_Validator`).
+    """
+
+    def __init__(self, validate_nested: Callable[[Any], Any], *, companions: bool) -> None:
         self.definitions: dict[str, CoreSchema] = {}
         self.validate_nested = validate_nested
+        self.companions = companions
 
     def ref(self, type_name: str) -> CoreSchema:
         if type_name not in self.definitions:
@@ -158,16 +164,17 @@ class _Compiler:
             # through their `_name` extension alone, so they are checked after the fact.
             must = element.required and element.kind != "primitive" and not element.choice_group
             fields[element.name] = core_schema.typed_dict_field(value, required=must)
-            if element.kind == "primitive":
+            if element.kind == "primitive" and self.companions:
                 companion = self.primitive_element()
                 if element.is_list:
                     companion = core_schema.list_schema(
                         core_schema.nullable_schema(companion), strict=True
                     )
                 fields["_" + element.name] = core_schema.typed_dict_field(companion, required=False)
-        fields["fhir_comments"] = core_schema.typed_dict_field(
-            core_schema.any_schema(), required=False
-        )
+        if self.companions:
+            fields["fhir_comments"] = core_schema.typed_dict_field(
+                core_schema.any_schema(), required=False
+            )
         if root:
             fields["resourceType"] = core_schema.typed_dict_field(
                 core_schema.literal_schema([type_name]), required=True
@@ -232,17 +239,30 @@ def _post_check(elements: tuple[Element, ...]) -> Check | None:
     return check
 
 
-@dataclass(frozen=True, slots=True)
 class _Validator:
-    """A compiled validator for one or more resource types, and their resource-level checks."""
+    """The compiled validators for one or more resource types, and their resource-level checks.
 
-    schema: SchemaValidator
-    tagged: bool  # a union over resourceType: error locations start with the type
-    checks: dict[str, Check | None]
+    `fast` leaves out the primitives' `_name` companions; anything it refuses is validated again
+    by `full`, built on first need, whose verdict stands. Both accept exactly the same resources
+    when no companion is present, so the fast path changes nothing but the time.
+    """
+
+    def __init__(self, resource_types: tuple[str, ...]) -> None:
+        self.resource_types = resource_types
+        self.tagged = len(resource_types) > 1  # error locations then start with the type
+        self.checks = {t: _post_check(elements(t)) for t in resource_types}
+        self.fast = _compile(resource_types, companions=False)
+        self._full: SchemaValidator | None = None
+
+    @property
+    def full(self) -> SchemaValidator:
+        if self._full is None:
+            self._full = _compile(self.resource_types, companions=True)
+        return self._full
 
 
-def _compile(resource_types: tuple[str, ...]) -> _Validator:
-    compiler = _Compiler(_validate_contained)
+def _compile(resource_types: tuple[str, ...], *, companions: bool) -> SchemaValidator:
+    compiler = _Compiler(_validate_contained, companions=companions)
     roots = {t: compiler.object_schema(t, t, root=True) for t in resource_types}
     if len(roots) == 1:
         root = next(iter(roots.values()))
@@ -250,8 +270,7 @@ def _compile(resource_types: tuple[str, ...]) -> _Validator:
         # One validator for several types shares the datatypes' definitions, compiled once.
         root = core_schema.tagged_union_schema(roots, discriminator="resourceType")
     schema = core_schema.definitions_schema(root, list(compiler.definitions.values()))
-    checks = {t: _post_check(elements(t)) for t in resource_types}
-    return _Validator(SchemaValidator(schema), len(roots) > 1, checks)
+    return SchemaValidator(schema)
 
 
 class _Registry:
@@ -266,7 +285,7 @@ class _Registry:
         with self._lock:
             if all(t in self._validators for t in wanted):
                 return
-            shared = _compile(wanted)
+            shared = _Validator(wanted)
             for resource_type in wanted:
                 self._validators[resource_type] = shared
 
@@ -277,7 +296,7 @@ class _Registry:
         with self._lock:
             found = self._validators.get(resource_type)
             if found is None:
-                found = _compile((resource_type,))
+                found = _Validator((resource_type,))
                 self._validators[resource_type] = found
         return found
 
@@ -314,10 +333,15 @@ def validate_resource(data: object) -> list[BaseIssue]:
         return [BaseIssue("resourceType", "unknown resource type")]
     validator = _REGISTRY.validator(resource_type)
     try:
-        validator.schema.validate_python(data)
-    except ValidationError as error:
-        skip = 1 if validator.tagged else 0
-        return [_issue(resource_type, detail, skip) for detail in error.errors(include_input=False)]
+        validator.fast.validate_python(data)
+    except ValidationError:
+        try:
+            validator.full.validate_python(data)
+        except ValidationError as error:
+            skip = 1 if validator.tagged else 0
+            return [
+                _issue(resource_type, detail, skip) for detail in error.errors(include_input=False)
+            ]
     check = validator.checks[resource_type]
     problem = check(data) if check is not None else None
     return [BaseIssue(resource_type, problem)] if problem else []

@@ -44,4 +44,4 @@ def whole_days(start: datetime, end: datetime) -> int:
 
 def format_day(moment: datetime | date) -> str:
     """A day as YYYY-MM-DD, for human details."""
-    return moment.strftime("%Y-%m-%d")
+    return moment.isoformat()[:10]  # strftime is several times slower, and this is per referral

@@ -30,6 +30,8 @@ def reference_key(reference: object, container: str | None = None) -> str | None
         return None
     literal = reference.get("reference")
     if isinstance(literal, str) and literal:
+        if literal.count("/") == 1 and not literal.startswith(("#", "urn:")):
+            return literal  # the common case, `Type/id`: nothing to reduce
         if literal.startswith("#"):
             return f"{container}{literal}" if container and len(literal) > 1 else None
         if literal.startswith("urn:"):

@@ -61,6 +61,7 @@ class Evaluator:
         self.as_of = as_of
         self.terms = terminology()
         self._referrals = [r for r in index.referrals.values() if rules.is_referral(r.categories)]
+        self._sources = {r.key: self._resolve_source(r) for r in self._referrals}
         self._source_dates = self._authored_by_source()
         self._listed_sources = frozenset(rules.high_relationship.sources)
 
@@ -324,6 +325,11 @@ class Evaluator:
     def source(self, referral: ReferralFacts) -> str | None:
         """The requester's Organization; a Practitioner, or a role without one, stands for
         itself."""
+        if referral.key in self._sources:  # worked out once, for the high-relationship counts
+            return self._sources[referral.key]
+        return self._resolve_source(referral)
+
+    def _resolve_source(self, referral: ReferralFacts) -> str | None:
         requester = self.index.resolve(referral.requester)
         if requester is None:
             return None
