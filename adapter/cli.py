@@ -10,11 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-import orjson
-
 from adapter.errors import AdapterError, ConfigError
 from adapter.practice_rules import load_rules
-from adapter.segmenting import bulk_allocation, evaluate_input
+from adapter.segmenting import bulk_allocation, evaluate_input, write_lines
 from mappings.fhirtime import as_utc
 from mappings.summary import render_summary
 
@@ -57,17 +55,15 @@ def _segment(args: argparse.Namespace) -> int:
 
     progress = _progress_printer(sys.stderr, "resources read")
     with bulk_allocation():
-        evaluations, stats = evaluate_input(args.input, rules, as_of, report, progress)
+        evaluator, stats = evaluate_input(args.input, rules, as_of, report, progress)
         if progress is not None:
             sys.stderr.write("\n")
         if args.summary:
-            sys.stdout.write(render_summary(evaluations, as_of, stats.resources, stats.skipped))
+            sys.stdout.write(render_summary(evaluator, as_of, stats.resources, stats.skipped))
         else:
-            out = sys.stdout.buffer
-            dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-            for evaluation in evaluations:
-                out.write(dumps(evaluation.to_json(), option=newline))
-            out.flush()
+            sys.stdout.flush()
+            write_lines(evaluator, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
     if stats.skipped:
         noun = "resource" if stats.skipped == 1 else "resources"
         sys.stderr.write(f"{PROG}: {stats.skipped} unreadable {noun} skipped\n")

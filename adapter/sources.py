@@ -18,7 +18,7 @@ import orjson
 
 from adapter.errors import InputError
 
-__all__ = ["RawResource", "data_files", "read_input"]
+__all__ = ["RawResource", "data_files", "read_directory_file", "read_input"]
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 JSON_SUFFIXES = (".json",)
@@ -58,6 +58,11 @@ def read_input(path: Path, on_problem: ProblemSink) -> Iterator[RawResource]:
         raise InputError(f"{path}: not a file or directory")
     else:
         raise InputError(f"{path}: no such file or directory")
+
+
+def read_directory_file(path: Path, on_problem: ProblemSink) -> Iterator[RawResource]:
+    """The objects of one file of a Bulk Data directory (a bad file is reported, not raised)."""
+    return _read_file(path, on_problem, in_directory=True)
 
 
 def _read_file(path: Path, on_problem: ProblemSink, *, in_directory: bool) -> Iterator[RawResource]:

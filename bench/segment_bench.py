@@ -4,9 +4,9 @@ For each size, in one run and alternating so machine noise hits both alike:
 - floor: a fresh Python process reads every NDJSON line of the same directory and `json.loads`
   it (nothing kept);
 - segment: a fresh `referral-adapter segment --input DIR --as-of ...` process, stdout discarded.
-Wall time and peak resident memory (ru_maxrss of the child) are reported per repetition; the
-verdict uses the medians. Targets (issue 2): segment at most 4x the floor's time, peak memory
-under 1 GiB at 100k referrals, cost growing linearly with size.
+Wall time and peak memory (proportional set size summed over the process tree, sampled every
+50 ms) are reported; the verdict uses the medians. Targets (issue 2): segment at most 4x the
+floor's time, peak memory under 1 GiB at 100k referrals, cost growing linearly with size.
 
     .venv/bin/python bench/segment_bench.py [--sizes 10000 100000] [--repeat 3]
 
@@ -64,20 +64,45 @@ def dataset(size: int, seed: int) -> Path:
     return target
 
 
-# Each command runs under a small wrapper process of its own, so the child's peak resident
-# memory (ru_maxrss of RUSAGE_CHILDREN) belongs to that one command alone.
+# Each command runs under a small wrapper process of its own, which samples the memory of the
+# command's whole process tree (segment forks helpers) every 50 ms. It sums the proportional
+# set size (Pss): a page shared by a parent and its forked child counts half in each, so the
+# sum is the memory the tree really holds, where summed RSS would count shared pages twice.
 WRAPPER = """
-import os, resource, subprocess, sys, time
+import os, subprocess, sys, time
+
+def tree_rss(root):
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                for line in rollup:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    todo.extend(int(c) for c in children.read().split())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return total
+
 start = time.perf_counter()
 with open(os.devnull, "wb") as sink:
-    subprocess.run(sys.argv[1:], check=True, stdout=sink)
+    child = subprocess.Popen(sys.argv[1:], stdout=sink)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, tree_rss(child.pid))
+        time.sleep(0.05)
 wall = time.perf_counter() - start
-print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+if child.returncode:
+    sys.exit(child.returncode)
+print(wall, peak)
 """
 
 
 def measure(command: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one run of `command`."""
+    """Wall seconds and peak memory (bytes of Pss, whole process tree) of one run."""
     done = subprocess.run(
         [sys.executable, "-c", WRAPPER, *command], check=True, capture_output=True, text=True
     )

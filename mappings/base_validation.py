@@ -277,27 +277,27 @@ class _Registry:
     """Compiled validators: one shared by the preloaded types, one per other type on first use."""
 
     def __init__(self) -> None:
-        self._validators: dict[str, _Validator] = {}
+        self.compiled: dict[str, _Validator] = {}
         self._lock = threading.Lock()
 
     def preload(self, resource_types: Iterable[str]) -> None:
         wanted = tuple(sorted(t for t in set(resource_types) if is_resource_type(t)))
         with self._lock:
-            if all(t in self._validators for t in wanted):
+            if all(t in self.compiled for t in wanted):
                 return
             shared = _Validator(wanted)
             for resource_type in wanted:
-                self._validators[resource_type] = shared
+                self.compiled[resource_type] = shared
 
     def validator(self, resource_type: str) -> _Validator:
-        found = self._validators.get(resource_type)
+        found = self.compiled.get(resource_type)
         if found is not None:
             return found
         with self._lock:
-            found = self._validators.get(resource_type)
+            found = self.compiled.get(resource_type)
             if found is None:
                 found = _Validator((resource_type,))
-                self._validators[resource_type] = found
+                self.compiled[resource_type] = found
         return found
 
 
@@ -328,10 +328,12 @@ def validate_resource(data: object) -> list[BaseIssue]:
     resource_type = data.get("resourceType")
     if not isinstance(resource_type, str) or not resource_type:
         return [BaseIssue("(resource)", "no resourceType")]
-    if not is_resource_type(resource_type):
-        # The unknown name comes from the input and could be anything: it is not echoed.
-        return [BaseIssue("resourceType", "unknown resource type")]
-    validator = _REGISTRY.validator(resource_type)
+    validator = _REGISTRY.compiled.get(resource_type)  # the common case: one dict lookup
+    if validator is None:
+        if not is_resource_type(resource_type):
+            # The unknown name comes from the input and could be anything: it is not echoed.
+            return [BaseIssue("resourceType", "unknown resource type")]
+        validator = _REGISTRY.validator(resource_type)
     try:
         validator.fast.validate_python(data)
     except ValidationError:

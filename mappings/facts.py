@@ -302,3 +302,30 @@ def extract(resource: JSON, key: str) -> list[Facts]:
         if contained_type in CONTEXT_TYPES and isinstance(contained_id, str):
             found.append(_EXTRACTORS[contained_type](contained, f"{key}#{contained_id}", key))
     return found
+
+
+# Facts cross process boundaries as plain tuples: pickling them is several times cheaper than
+# pickling dataclass instances.
+_KINDS: tuple[type, ...] = (
+    ReferralFacts,
+    PatientFacts,
+    CoverageFacts,
+    MessageFacts,
+    FormFacts,
+    RecordFacts,
+    AppointmentFacts,
+    PartyFacts,
+)
+_KIND_INDEX = {kind: number for number, kind in enumerate(_KINDS)}
+
+
+def to_row(facts: Facts) -> tuple[Any, ...]:
+    """Facts as a tuple: its kind's number, then its fields in order."""
+    return (_KIND_INDEX[type(facts)], *(getattr(facts, f) for f in facts.__slots__))
+
+
+def from_row(row: tuple[Any, ...]) -> Facts:
+    """The facts a `to_row` tuple stands for."""
+    kind: Any = _KINDS[row[0]]
+    made: Facts = kind(*row[1:])
+    return made

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from fhir_profiles import terminology
-from mappings.business_hours import add_business_hours
+from mappings.business_hours import Calendar
 from mappings.facts import CoverageFacts, MessageFacts, ReferralFacts
 from mappings.fhirtime import format_day, whole_days
 from mappings.index import ReferralIndex
@@ -64,6 +64,8 @@ class Evaluator:
         self._sources = {r.key: self._resolve_source(r) for r in self._referrals}
         self._source_dates = self._authored_by_source()
         self._listed_sources = frozenset(rules.high_relationship.sources)
+        self._calendar = Calendar.from_rules(rules.business_hours)
+        self._high: dict[str, list[Reason]] = {}  # by source: the same for all its referrals
 
     @property
     def referrals(self) -> list[ReferralFacts]:
@@ -351,6 +353,11 @@ class Evaluator:
     def _high_relationship(self, source: str | None) -> list[Reason]:
         if source is None:
             return []
+        if source not in self._high:
+            self._high[source] = self._source_reasons(source)
+        return self._high[source]
+
+    def _source_reasons(self, source: str) -> list[Reason]:
         rules = self.rules.high_relationship
         # The practice lists a source by reference or by one of its identifiers (system|value).
         party = self.index.parties.get(source)
@@ -445,11 +452,7 @@ class Evaluator:
         for item in missing:
             whom = "the patient" if item.request_from == "patient" else "the referring office"
             steps.append(f"Ask {whom} for {item.item}: {item.detail}")
-        due = None
-        if start is not None:
-            due = add_business_hours(
-                start, standard.follow_up_business_hours, self.rules.business_hours
-            )
+        due = self._calendar.add(start, standard.follow_up_business_hours) if start else None
         return NextAction(
             segment=segment,
             action=standard.next_action,
