@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Offline FHIR R4 validator (HAPI FHIR 8.8.0 validation), no network, no terminology server.
+#
+#   tests/fhir_validator/validate.sh --ig fhir_profiles [--ig DIR]... [--profile URL]... FILE...
+#   tests/fhir_validator/validate.sh --ig fhir_profiles --stdin     (one input per line, one answer per line)
+#   tests/fhir_validator/validate.sh build                          (resolve and compile only)
+#
+# Prints one JSON line per input on stdout:
+#   {"file": PATH, "valid": BOOL, "errors": N, "warnings": N, "outcome": {OperationOutcome}}
+# Exit status: 0 all valid, 1 any error-severity issue or unreadable file, 2 usage error.
+# The first run downloads HAPI's validation jars (cached in ~/.m2); build output goes to stderr.
+#
+# Environment: VALIDATOR_JAVA_OPTS (JVM options), MAVEN_ARGS_EXTRA (extra mvn arguments).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TARGET="$HERE/target"
+CLASSPATH_FILE="$TARGET/classpath.txt"
+STAMP="$TARGET/build.stamp"
+# Short runs: the C1 compiler alone starts faster; a 1 GiB heap holds the R4 core definitions.
+JAVA_OPTS="${VALIDATOR_JAVA_OPTS:--Xmx1g -XX:+UseSerialGC -XX:TieredStopAtLevel=1}"
+
+log() { printf 'validate.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+
+require() {
+	local tool
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found on PATH (needs Java 17+ and Maven 3.8+)"
+	done
+}
+
+# True when the classes and the classpath file are newer than the pom and every source, and
+# every jar the classpath names is still in the local Maven repository.
+is_built() {
+	[[ -f "$STAMP" && -f "$CLASSPATH_FILE" ]] || return 1
+	[[ -n "$(find "$HERE/pom.xml" "$HERE/src" -newer "$STAMP" -print -quit)" ]] && return 1
+	local entry
+	local -a entries
+	IFS=: read -r -a entries <"$CLASSPATH_FILE"
+	for entry in "${entries[@]}"; do
+		[[ -e "$entry" ]] || return 1
+	done
+	return 0
+}
+
+build() {
+	require java mvn
+	is_built && return 0
+	log "building the validator (a first run downloads ~190 MB into the Maven repository)"
+	local -a goals=(compile dependency:build-classpath "-Dmdep.outputFile=$CLASSPATH_FILE")
+	# shellcheck disable=SC2086  # MAVEN_ARGS_EXTRA is a list of words on purpose
+	if ! mvn -B -q -o -Dstyle.color=never -f "$HERE/pom.xml" ${MAVEN_ARGS_EXTRA:-} "${goals[@]}" >/dev/null 2>&1; then
+		# Offline failed: something is not cached yet. Online, with Maven's own output.
+		# shellcheck disable=SC2086
+		mvn -B -q -Dstyle.color=never -f "$HERE/pom.xml" ${MAVEN_ARGS_EXTRA:-} "${goals[@]}" >&2 || die "maven build failed"
+	fi
+	touch "$STAMP"
+	log "built ($TARGET)"
+}
+
+if [[ "${1:-}" == "build" ]]; then
+	require java mvn
+	if is_built; then
+		log "build is up to date ($TARGET)"
+	else
+		build
+	fi
+	exit 0
+fi
+
+build
+# shellcheck disable=SC2086  # JAVA_OPTS is a list of words on purpose
+exec java $JAVA_OPTS -cp "$TARGET/classes:$(cat "$CLASSPATH_FILE")" \
+	org.referraladapter.validator.ValidateCli "$@"
