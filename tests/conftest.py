@@ -18,6 +18,20 @@ from mappings.rules import PracticeRules
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REALWORLD = SHARED / "realworld"
+# The keys of one `segment` output line, in the order DESIGN.md's contract gives them.
+CONTRACT_KEYS = [
+    "referral",
+    "patient",
+    "state",
+    "segments",
+    "primary_segment",
+    "missing",
+    "age_days",
+    "aging_band",
+    "source",
+    "next_action",
+    "reasons",
+]
 
 
 def evaluate(

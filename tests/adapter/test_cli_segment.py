@@ -25,22 +25,10 @@ import pytest
 from adapter import personas as p
 from adapter.cli import main
 from fhir_profiles import terminology
+from tests.conftest import CONTRACT_KEYS
 
 JSON = dict[str, Any]
 AS_OF = "2025-01-15T12:00:00Z"  # personas.PERSONA_AS_OF
-CONTRACT_KEYS = [
-    "referral",
-    "patient",
-    "state",
-    "segments",
-    "primary_segment",
-    "missing",
-    "age_days",
-    "aging_band",
-    "source",
-    "next_action",
-    "reasons",
-]
 PROG = "referral-adapter: "
 # Distinctive made-up values put into wrong-typed fields; no report may repeat them.
 SECRET_NAME = "Quimbly Zanzibarovich"

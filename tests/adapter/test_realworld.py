@@ -15,24 +15,11 @@ import pytest
 
 from adapter.cli import main
 from fhir_profiles import terminology
-from tests.conftest import REALWORLD
+from tests.conftest import CONTRACT_KEYS, REALWORLD
 
 JSON = dict[str, Any]
 AS_OF = "2026-12-03"
 PROG = "referral-adapter: "
-CONTRACT_KEYS = [
-    "referral",
-    "patient",
-    "state",
-    "segments",
-    "primary_segment",
-    "missing",
-    "age_days",
-    "aging_band",
-    "source",
-    "next_action",
-    "reasons",
-]
 FILES = sorted(REALWORLD.rglob("*.json")) if REALWORLD.is_dir() else []
 IDS = [f.relative_to(REALWORLD).as_posix() for f in FILES]
 
