@@ -77,7 +77,8 @@ class Evaluator:
 
     # --- state -----------------------------------------------------------------------------
 
-    def state(self, referral: ReferralFacts) -> tuple[str, Reason]:
+    def state(self, referral: ReferralFacts) -> tuple[str, Reason | None]:
+        """open, scheduled or closed; with the reason, unless open (the default state)."""
         if referral.status in CLOSED_STATUSES:
             return "closed", Reason(
                 state="closed",
@@ -92,11 +93,7 @@ class Evaluator:
                     f"{appointment.status}",
                     expression="Appointment.where(basedOn.references(%referral)).status",
                 )
-        return "open", Reason(
-            state="open",
-            because="not closed and no booked Appointment is based on it",
-            expression="ServiceRequest.status",
-        )
+        return "open", None
 
     # --- missing details -----------------------------------------------------------------------
 
@@ -212,8 +209,8 @@ class Evaluator:
         if any(rule.matches(referral.codes) for rule in self.rules.records.waived_service_codes):
             return None
         detail = (
-            "no records: the referral has no supporting information and no current "
-            "DocumentReference relates to it"
+            "the referral has no supporting information and no current DocumentReference "
+            "relates to it"
         )
         expression = (
             "ServiceRequest.supportingInfo | DocumentReference.where(status = 'current' and "
@@ -394,7 +391,7 @@ class Evaluator:
         age = max(0, whole_days(started, self.as_of)) if started else None
         band = self.terms.band_for(age).code if age is not None else None
         patient = self.index.resolve(referral.subject)
-        if state != "open":
+        if state_reason is not None:  # scheduled or closed
             missing = self.missing(referral, None) if state == "scheduled" else []
             return ReferralEvaluation(
                 referral=referral.key,

@@ -340,7 +340,10 @@ def test_a_document_that_is_not_current_does_not_count(status: str) -> None:
         )
     )
     assert [(m.item, m.request_from) for m in e.missing] == [("records", "referring-office")]
-    assert e.missing[0].detail.startswith("no records")
+    assert e.missing[0].detail == (
+        "the referral has no supporting information and no current DocumentReference relates "
+        "to it"
+    )
 
 
 def test_records_can_be_waived_for_a_service_code() -> None:
