@@ -208,10 +208,16 @@ class _Loader:
 
 def _read_files(files: list[Path], on_progress: ProgressSink | None) -> list[_Collected]:
     """Read some files of a directory, each into its own collection, in order."""
-    found = []
+    found: list[_Collected] = []
+    done = 0  # resources of the files before this one, so progress counts on across files
+
+    def progress(count: int) -> None:
+        if on_progress is not None:
+            on_progress(done + count)
+
     for file in files:
         collected = _Collected()
-        loader = _Loader(collected, collected.stats, collected.report, on_progress)
+        loader = _Loader(collected, collected.stats, collected.report, progress)
 
         def unreadable(where: str, message: str, collected: _Collected = collected) -> None:
             # A line or file that is not JSON is an unreadable resource too.
@@ -221,6 +227,7 @@ def _read_files(files: list[Path], on_progress: ProgressSink | None) -> list[_Co
         for raw in read_directory_file(file, unreadable):
             loader.take(raw.data, raw.where)
         found.append(collected)
+        done += collected.stats.resources
     return found
 
 
