@@ -5,12 +5,10 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-import re
 import resource
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +16,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from adapter.sources import data_files, read_directory_file, read_input
-from mappings.base_validation import is_resource_type, preload, validate_resource
+from adapter.walker import LoadStats, ProblemSink, ProgressSink, ResourceWalker
 from mappings.facts import RELEVANT_TYPES, Facts, ReferralFacts, extract, from_row, to_row
 from mappings.index import ReferralIndex
 from mappings.references import reference_key, resource_key
@@ -34,40 +32,12 @@ __all__ = [
     "write_lines",
 ]
 
-ProblemSink = Callable[[str, str], None]
-ProgressSink = Callable[[int], None]
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-PROGRESS_EVERY = 50_000
 # Below this much data, starting a helper process costs more than it saves.
 PARALLEL_MIN_BYTES = 8 * 2**20
 MAX_WORKERS = 3
 PARALLEL_MIN_REFERRALS = 4_000
 PARALLEL_EVALUATION_MAX_RSS = 256 * 2**20
 LINES_CHUNK = 1_000
-
-
-@dataclass(slots=True)
-class LoadStats:
-    """What reading the input found."""
-
-    resources: int = 0
-    skipped: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
-
-
-def describe(data: Any, where: str) -> str:
-    """How a problem report names a resource: `Type/id at where`, without any value.
-
-    The type and id are echoed only when they are a known type and a well-formed id, so a
-    report never carries free text from the input.
-    """
-    if isinstance(data, dict):
-        rtype, rid = data.get("resourceType"), data.get("id")
-        if isinstance(rtype, str) and is_resource_type(rtype):
-            if isinstance(rid, str) and _ID.match(rid):
-                return f"{rtype}/{rid} at {where}"
-            return f"{rtype} at {where}"
-    return where
 
 
 @contextmanager
@@ -131,9 +101,9 @@ class _Collected:
         return collected
 
 
-class _Loader:
-    """Validates resources and hands their facts to `target` (the index, or a file's
-    collection); problems go to `on_problem`, counts to `stats`."""
+class _Loader(ResourceWalker):
+    """Hands the facts of each readable resource to `target` (the index, or a file's
+    collection)."""
 
     def __init__(
         self,
@@ -142,30 +112,11 @@ class _Loader:
         on_problem: ProblemSink,
         on_progress: ProgressSink | None,
     ) -> None:
-        # The referral model's own types appear in every practice's data: one shared validator.
-        preload(RELEVANT_TYPES)
+        super().__init__(stats, on_problem, on_progress)
         self.index = target
-        self.stats = stats
-        self.on_problem = on_problem
-        self.on_progress = on_progress
 
-    def take(self, data: Any, where: str, full_url: str | None = None) -> None:
-        if isinstance(data, dict) and data.get("resourceType") == "Bundle":
-            self._take_bundle(data, where)
-            return
-        self.stats.resources += 1
-        if self.on_progress is not None and self.stats.resources % PROGRESS_EVERY == 0:
-            self.on_progress(self.stats.resources)
-        issues = validate_resource(data)
-        if issues:
-            self.stats.skipped += 1
-            shown = "; ".join(str(i) for i in issues[:3])
-            more = f" (and {len(issues) - 3} more)" if len(issues) > 3 else ""
-            self.on_problem(describe(data, where), f"{shown}{more}; skipped")
-            return
+    def accept(self, data: dict[str, Any], where: str, full_url: str | None) -> None:
         rtype = data["resourceType"]
-        by_type = self.stats.by_type
-        by_type[rtype] = by_type.get(rtype, 0) + 1
         if rtype not in RELEVANT_TYPES:
             return
         key = resource_key(data, full_url) or f"{rtype}/({where})"
@@ -176,34 +127,6 @@ class _Loader:
                 self.index.add_alias(alias, key)
         for facts in extract(data, key):
             self.index.add(facts)
-
-    def _take_bundle(self, bundle: dict[str, Any], where: str) -> None:
-        entries = bundle.get("entry", [])
-        if not isinstance(entries, list):
-            self.stats.skipped += 1
-            self.on_problem(describe(bundle, where), "Bundle.entry is not a list; skipped")
-            return
-        # The Bundle itself is checked without its entries' resources, which are checked (and
-        # skipped) one by one, so one bad entry does not cost the others.
-        shell = dict(bundle)
-        shell["entry"] = [
-            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-            for e in entries
-        ]
-        if not shell["entry"]:
-            del shell["entry"]
-        issues = validate_resource(shell)
-        if issues:
-            shown = "; ".join(str(i) for i in issues[:3])
-            self.on_problem(describe(bundle, where), f"{shown}; its entries are still read")
-        for number, entry in enumerate(entries):
-            if isinstance(entry, dict) and "resource" in entry:
-                full_url = entry.get("fullUrl")
-                self.take(
-                    entry["resource"],
-                    f"{where} entry[{number}]",
-                    full_url if isinstance(full_url, str) else None,
-                )
 
 
 def _read_files(files: list[Path], on_progress: ProgressSink | None) -> list[_Collected]:
