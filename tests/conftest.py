@@ -16,6 +16,9 @@ from mappings.model import ReferralEvaluation
 from mappings.referral import Evaluator
 from mappings.rules import PracticeRules
 
+# The `db_url` fixture (SQLite and a real PostgreSQL started once per session).
+pytest_plugins = ["tests.store_fixtures"]
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REALWORLD = SHARED / "realworld"
 # The keys of one `segment` output line, in the order DESIGN.md's contract gives them.

@@ -341,8 +341,7 @@ def test_a_document_that_is_not_current_does_not_count(status: str) -> None:
     )
     assert [(m.item, m.request_from) for m in e.missing] == [("records", "referring-office")]
     assert e.missing[0].detail == (
-        "the referral has no supporting information and no current DocumentReference relates "
-        "to it"
+        "the referral has no supporting information and no current DocumentReference relates to it"
     )
 
 

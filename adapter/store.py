@@ -1,0 +1,359 @@
+"""The store: resources, evaluated referrals, segment history, sync cursors, quarantine.
+
+SQLite (the embedded default) or PostgreSQL. Every function takes the session and leaves the
+transaction to the caller. Writes are single-row upserts (INSERT ... ON CONFLICT) whose
+conditions keep the newer data, so a re-run is harmless and two syncs may run at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, create_engine, delete, event, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session
+
+from adapter.store_models import (
+    Base,
+    Quarantined,
+    Referral,
+    SegmentChange,
+    StoredResource,
+    SyncCursor,
+)
+from mappings.fhirtime import parse_instant
+from mappings.model import ReferralEvaluation
+
+__all__ = [
+    "MIGRATIONS",
+    "Base",
+    "Quarantined",
+    "SegmentChange",
+    "StoredResource",
+    "advance_cursor",
+    "get_cursor",
+    "get_resource",
+    "history",
+    "iter_resources",
+    "list_quarantine",
+    "make_engine",
+    "put_resource",
+    "quarantine",
+    "release_quarantine",
+    "save_evaluation",
+    "stored_evaluation",
+    "upgrade",
+]
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Any constant: the key of the PostgreSQL advisory lock that serialises concurrent upgrades.
+_MIGRATION_LOCK = 0x5EF3_1A1
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine for the store; SQLite gets WAL, a busy timeout and write-locking transactions."""
+    url = make_url(url)
+    if url.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, **kwargs)
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("timeout", 30)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" below start transactions, not pysqlite's implicit BEGIN.
+        dbapi_connection.isolation_level = None
+        if url.database not in (None, "", ":memory:"):
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA busy_timeout=30000")
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that reads, then
+        # writes, fails at once (no busy wait) when another writer got there in between.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def upgrade(url: str | URL, revision: str = "head") -> None:
+    """Run the migrations up to `revision` (no alembic.ini needed); safe to run concurrently."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT, which has on_conflict_do_update / on_conflict_do_nothing."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {name}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("the store takes timezone-aware datetimes only")
+    return moment.astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources
+
+
+def put_resource(session: Session, resource: dict[str, Any], source: str) -> bool:
+    """Store a resource unless the stored one is as new or newer; True if stored or changed.
+
+    Newer means a higher versionId when both are numbers, else a later meta.lastUpdated. When
+    neither can be compared (no versions), a different body replaces the stored one.
+    """
+    if not resource.get("resourceType") or not resource.get("id"):
+        raise ValueError("the store keeps resources with a resourceType and an id only")
+    meta = resource.get("meta") or {}
+    version = meta.get("versionId")
+    version_id = str(version) if version is not None else None
+    values = {
+        "resource_type": resource["resourceType"],
+        "id": resource["id"],
+        "version_id": version_id,
+        "version_num": int(version_id) if version_id and version_id.isdigit() else None,
+        "last_updated": parse_instant(meta.get("lastUpdated")),
+        "source": source,
+        "body": resource,
+        "stored_at": _now(),
+    }
+    stmt = _insert(session)(StoredResource).values(values)
+    new, old = stmt.excluded, StoredResource.__table__.c
+    both_numbered = and_(new.version_num.is_not(None), old.version_num.is_not(None))
+    both_dated = and_(new.last_updated.is_not(None), old.last_updated.is_not(None))
+    newer = or_(
+        and_(both_numbered, new.version_num > old.version_num),
+        and_(~both_numbered, both_dated, new.last_updated > old.last_updated),
+        and_(~both_numbered, ~both_dated, new.body != old.body),
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["resource_type", "id"],
+        set_={key: stmt.excluded[key] for key in values if key not in ("resource_type", "id")},
+        where=newer,
+    ).returning(old.id)
+    return session.execute(stmt).first() is not None
+
+
+def get_resource(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    """The stored body of one resource, or None."""
+    body: dict[str, Any] | None = session.execute(
+        select(StoredResource.body).where(
+            StoredResource.resource_type == resource_type, StoredResource.id == resource_id
+        )
+    ).scalar_one_or_none()
+    return body
+
+
+def iter_resources(
+    session: Session, types: Iterable[str] | None = None, batch: int = 1000
+) -> Iterator[dict[str, Any]]:
+    """The stored bodies, by type and id, optionally of the given types only; streamed."""
+    stmt = select(StoredResource.body).order_by(StoredResource.resource_type, StoredResource.id)
+    if types is not None:
+        stmt = stmt.where(StoredResource.resource_type.in_(list(types)))
+    yield from session.execute(stmt.execution_options(yield_per=batch)).scalars()
+
+
+# ---------------------------------------------------------------------------------------------
+# Referrals and segment history
+
+
+def save_evaluation(session: Session, evaluation: ReferralEvaluation, as_of: datetime) -> bool:
+    """Upsert a referral's evaluation; True (and a history row) when state or segments changed.
+
+    An evaluation at an earlier as_of than the stored one is ignored: a slow concurrent sync
+    must not put back an older picture.
+    """
+    as_of = _aware(as_of)
+    values = {
+        "key": evaluation.referral,
+        "patient": evaluation.patient,
+        "state": evaluation.state,
+        "primary_segment": evaluation.primary_segment,
+        "segments": list(evaluation.segments),
+        "evaluation": evaluation.to_json(),
+        "evaluated_at": as_of,
+    }
+    created = session.execute(
+        _insert(session)(Referral)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(Referral.key)
+    ).first()
+    if created is not None:
+        _record_change(
+            session, evaluation, from_state=None, from_segments=None, from_primary=None, as_of=as_of
+        )
+        return True
+    # The row exists: lock it (PostgreSQL; SQLite's transaction holds the write lock already)
+    # so that two writers cannot both see the old segments and both record the change.
+    row = session.execute(
+        select(Referral.state, Referral.segments, Referral.primary_segment, Referral.evaluated_at)
+        .where(Referral.key == evaluation.referral)
+        .with_for_update()
+    ).one()
+    if as_of < row.evaluated_at:
+        return False
+    session.execute(update(Referral).where(Referral.key == evaluation.referral).values(values))
+    if row.state == evaluation.state and list(row.segments) == list(evaluation.segments):
+        return False
+    _record_change(
+        session,
+        evaluation,
+        from_state=row.state,
+        from_segments=row.segments,
+        from_primary=row.primary_segment,
+        as_of=as_of,
+    )
+    return True
+
+
+def _record_change(
+    session: Session,
+    evaluation: ReferralEvaluation,
+    *,
+    from_state: str | None,
+    from_segments: list[str] | None,
+    from_primary: str | None,
+    as_of: datetime,
+) -> None:
+    session.execute(
+        _insert(session)(SegmentChange).values(
+            referral_key=evaluation.referral,
+            from_state=from_state,
+            to_state=evaluation.state,
+            from_segments=from_segments,
+            to_segments=list(evaluation.segments),
+            from_primary=from_primary,
+            to_primary=evaluation.primary_segment,
+            as_of=as_of,
+            reasons=[reason.to_json() for reason in evaluation.reasons],
+        )
+    )
+
+
+def stored_evaluation(session: Session, referral_key: str) -> dict[str, Any] | None:
+    """The stored evaluation (the `segment` line) of one referral, or None."""
+    found: dict[str, Any] | None = session.execute(
+        select(Referral.evaluation).where(Referral.key == referral_key)
+    ).scalar_one_or_none()
+    return found
+
+
+def history(session: Session, referral_key: str) -> list[SegmentChange]:
+    """A referral's segment history, oldest first."""
+    stmt = (
+        select(SegmentChange)
+        .where(SegmentChange.referral_key == referral_key)
+        .order_by(SegmentChange.as_of, SegmentChange.id)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+# ---------------------------------------------------------------------------------------------
+# Sync cursors
+
+
+def get_cursor(session: Session, base_url: str, resource_type: str) -> datetime | None:
+    """The `_lastUpdated` high-water mark for one resource type on one server, or None."""
+    value: datetime | None = session.execute(
+        select(SyncCursor.value).where(
+            SyncCursor.base_url == base_url, SyncCursor.resource_type == resource_type
+        )
+    ).scalar_one_or_none()
+    return value
+
+
+def advance_cursor(session: Session, base_url: str, resource_type: str, value: datetime) -> bool:
+    """Move the cursor forward to `value`; never backwards. True if it moved."""
+    stmt = _insert(session)(SyncCursor).values(
+        base_url=base_url, resource_type=resource_type, value=_aware(value), updated_at=_now()
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["base_url", "resource_type"],
+        set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        where=SyncCursor.__table__.c.value < stmt.excluded.value,
+    ).returning(SyncCursor.base_url)
+    return session.execute(stmt).first() is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Quarantine
+
+
+def _fingerprint(source: str, resource_type: str | None, resource_id: str | None, why: str) -> str:
+    parts = [source, resource_type or "", resource_id or ""]
+    if not (resource_type and resource_id):
+        parts.append(why)
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def quarantine(
+    session: Session,
+    source: str,
+    resource_type: str | None,
+    resource_id: str | None,
+    reason: str,
+) -> None:
+    """Record a resource that could not be read. `reason` names element paths, never values."""
+    now = _now()
+    stmt = _insert(session)(Quarantined).values(
+        fingerprint=_fingerprint(source, resource_type, resource_id, reason),
+        source=source,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        reason=reason,
+        first_seen=now,
+        last_seen=now,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["fingerprint"],
+        set_={"reason": stmt.excluded.reason, "last_seen": stmt.excluded.last_seen},
+    )
+    session.execute(stmt)
+
+
+def release_quarantine(session: Session, source: str, resource_type: str, resource_id: str) -> bool:
+    """Forget a quarantined resource (it has since been read); True if it was there."""
+    result = session.execute(
+        delete(Quarantined).where(
+            Quarantined.fingerprint == _fingerprint(source, resource_type, resource_id, "")
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def list_quarantine(session: Session, source: str | None = None) -> list[Quarantined]:
+    """Quarantined resources, most recently seen first, optionally from one source only."""
+    stmt = select(Quarantined).order_by(Quarantined.last_seen.desc(), Quarantined.fingerprint)
+    if source is not None:
+        stmt = stmt.where(Quarantined.source == source)
+    return list(session.execute(stmt).scalars())

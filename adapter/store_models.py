@@ -1,0 +1,132 @@
+"""The store's tables (SQLAlchemy 2.0 declarative); the schema itself is made by the migrations.
+
+Keep these in step with adapter/migrations/versions: a test compares the two.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "Base",
+    "Quarantined",
+    "Referral",
+    "SegmentChange",
+    "StoredResource",
+    "SyncCursor",
+    "UTCDateTime",
+]
+
+# JSONB on PostgreSQL: it has equality (the store compares bodies) and indexes; JSON text elsewhere.
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware datetime, stored as UTC; read back aware UTC (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the store takes timezone-aware datetimes only")
+        value = value.astimezone(UTC)
+        # SQLite keeps text without an offset: store naive UTC so that text order is time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: Json,
+        list[str]: Json,
+    }
+
+
+class StoredResource(Base):
+    """The latest version seen of one FHIR resource."""
+
+    __tablename__ = "resource"
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[str | None] = mapped_column(String(64))
+    # versionId as a number when it is all digits (HAPI, sekmet): "10" is newer than "9".
+    version_num: Mapped[int | None] = mapped_column(BigInteger)
+    last_updated: Mapped[datetime | None]
+    source: Mapped[str] = mapped_column(Text)
+    body: Mapped[dict[str, Any]]
+    stored_at: Mapped[datetime]
+
+
+class Referral(Base):
+    """The latest evaluation of one referral (key "ServiceRequest/id")."""
+
+    __tablename__ = "referral"
+
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    patient: Mapped[str | None] = mapped_column(String(160), index=True)
+    state: Mapped[str] = mapped_column(String(32))
+    primary_segment: Mapped[str | None] = mapped_column(String(32))
+    segments: Mapped[list[str]]
+    evaluation: Mapped[dict[str, Any]]
+    evaluated_at: Mapped[datetime]
+
+
+class SegmentChange(Base):
+    """One change of a referral's state or segment set: from, to, when (as_of) and why."""
+
+    __tablename__ = "segment_history"
+    __table_args__ = (Index("ix_segment_history_referral", "referral_key", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    referral_key: Mapped[str] = mapped_column(String(160))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    from_segments: Mapped[list[str] | None]
+    to_segments: Mapped[list[str]]
+    from_primary: Mapped[str | None] = mapped_column(String(32))
+    to_primary: Mapped[str | None] = mapped_column(String(32))
+    as_of: Mapped[datetime] = mapped_column(index=True)
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(Json)
+
+
+class SyncCursor(Base):
+    """The `_lastUpdated` high-water mark of one resource type on one server."""
+
+    __tablename__ = "sync_cursor"
+
+    base_url: Mapped[str] = mapped_column(String(512), primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Quarantined(Base):
+    """A resource that could not be read: which (as far as known), why (element paths), when."""
+
+    __tablename__ = "quarantine"
+
+    # One row per (source, type, id) when both are known, else per (source, reason): a re-run
+    # of the same sync refreshes `last_seen` instead of piling up rows.
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    resource_type: Mapped[str | None] = mapped_column(String(64))
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
