@@ -21,6 +21,7 @@ __all__ = ["main"]
 PROG = "referral-adapter"
 EXIT_UNREADABLE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE
+TOKEN_VARIABLE = "REFERRAL_ADAPTER_FHIR_TOKEN"
 
 
 def parse_as_of(text: str) -> datetime:
@@ -92,6 +93,30 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> int:
+    from adapter.fhir_client import FhirClient
+    from adapter.http_policy import make_http_client
+    from adapter.loading import load_input
+    from adapter.smart_auth import BearerToken
+
+    def report(where: str, message: str) -> None:
+        sys.stderr.write(f"{PROG}: {where}: {message}\n")
+
+    token = os.environ.get(TOKEN_VARIABLE)
+    progress = _progress_printer(sys.stderr, "resources written")
+    with make_http_client() as http:
+        client = FhirClient(args.fhir_base, http, BearerToken(token) if token else None)
+        result = load_input(args.input, client, report, progress, args.batch_size)
+    if progress is not None:
+        sys.stderr.write("\n")
+    sys.stderr.write(
+        f"{PROG}: wrote {result.written} resources to {args.fhir_base} in "
+        f"{result.transactions} transactions; {result.refused} refused by the server, "
+        f"{result.stats.skipped} unreadable skipped\n"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="FHIR R4 referral follow-up adapter.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -145,7 +170,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="the end of the generated month (default: today, 00:00 UTC)",
     )
     synth.set_defaults(run=_synth)
+
+    load = commands.add_parser(
+        "load",
+        help="upload a Bundle, NDJSON file or Bulk Data directory to a FHIR server",
+        description="Upload FHIR input to a server as transaction Bundles, keeping resource ids "
+        f"(PUT). Unreadable resources are reported and skipped. A bearer token, if the server "
+        f"needs one, is read from the environment variable {TOKEN_VARIABLE}.",
+    )
+    load.add_argument(
+        "--fhir-base",
+        required=True,
+        metavar="URL",
+        help="the server's FHIR base URL, e.g. http://127.0.0.1:8080/fhir",
+    )
+    load.add_argument("--input", required=True, type=Path, metavar="PATH")
+    load.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=200,
+        metavar="N",
+        help="resources per transaction Bundle (default 200)",
+    )
+    load.set_defaults(run=_load)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _count(text: str) -> int:
