@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from adapter.errors import AdapterError, ConfigError
 from adapter.practice_rules import load_rules
@@ -22,6 +23,7 @@ PROG = "referral-adapter"
 EXIT_UNREADABLE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE
 TOKEN_VARIABLE = "REFERRAL_ADAPTER_FHIR_TOKEN"
+DEFAULT_DB = "sqlite:///referral-adapter.db"
 
 
 def parse_as_of(text: str) -> datetime:
@@ -117,6 +119,82 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine(url: str) -> Any:
+    from adapter import store
+
+    store.upgrade(url)
+    return store.make_engine(url)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from adapter.fhir_client import FhirClient
+    from adapter.http_policy import make_http_client
+    from adapter.smart_auth import BearerToken
+    from adapter.sync import run_sync
+
+    rules = load_rules(args.rules)
+
+    def report(where: str, message: str) -> None:
+        sys.stderr.write(f"{PROG}: {where}: {message}\n")
+
+    shown = _progress_printer(sys.stderr, "resources fetched")
+
+    def progress(resource_type: str, fetched: int) -> None:
+        if shown is not None:
+            shown(fetched)
+
+    engine = _engine(args.db)
+    token = os.environ.get(TOKEN_VARIABLE)
+    with make_http_client() as http, bulk_allocation():
+        client = FhirClient(args.fhir_base, http, BearerToken(token) if token else None)
+        summary = run_sync(
+            client, engine, rules, on_problem=report, on_progress=progress, as_of=args.as_of
+        )
+    if shown is not None:
+        sys.stderr.write("\n")
+    for note in summary.notes:
+        sys.stderr.write(f"{PROG}: note: {note}\n")
+    if args.json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "fetched": summary.fetched,
+                    "changed": summary.changed,
+                    "quarantined": summary.quarantined,
+                    "referrals": summary.referrals,
+                    "moved": summary.moved,
+                    "seconds": round(summary.seconds, 3),
+                    "by_type": summary.by_type,
+                }
+            )
+            + "\n"
+        )
+    else:
+        sys.stderr.write(f"{PROG}: sync: {summary.line()}\n")
+    return 0
+
+
+def _referrals(args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from adapter import store
+    from adapter.sync import evaluate_store
+
+    engine = _engine(args.db)
+    if args.as_of is not None:
+
+        def report(where: str, message: str) -> None:
+            sys.stderr.write(f"{PROG}: {where}: {message}\n")
+
+        evaluate_store(engine, load_rules(args.rules), args.as_of, report)
+    out = sys.stdout.buffer
+    with Session(engine) as session:
+        for evaluation in store.stored_evaluations(session):
+            out.write(json.dumps(evaluation, separators=(",", ":")).encode() + b"\n")
+    out.flush()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="FHIR R4 referral follow-up adapter.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -193,6 +271,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="resources per transaction Bundle (default 200)",
     )
     load.set_defaults(run=_load)
+
+    sync = commands.add_parser(
+        "sync",
+        help="fetch referrals and their context from a FHIR server into the store, incrementally",
+        description="Fetch every type the referral model reads by its own _lastUpdated cursor, "
+        "store it (newest version wins), quarantine what cannot be read, and re-evaluate the "
+        f"referrals. A bearer token, if needed, is read from {TOKEN_VARIABLE}.",
+    )
+    sync.add_argument("--fhir-base", required=True, metavar="URL")
+    sync.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        metavar="URL",
+        help=f"SQLAlchemy database URL (default {DEFAULT_DB})",
+    )
+    sync.add_argument("--rules", type=Path, metavar="FILE")
+    sync.add_argument(
+        "--as-of",
+        type=parse_as_of,
+        metavar="ISO8601",
+        help="evaluate at this instant (default: when the sync started)",
+    )
+    sync.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
+    sync.set_defaults(run=_sync)
+
+    referrals = commands.add_parser(
+        "referrals",
+        help="print the stored referrals, one JSON object per line as `segment` prints them",
+    )
+    referrals.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+    referrals.add_argument(
+        "--as-of",
+        type=parse_as_of,
+        metavar="ISO8601",
+        help="re-evaluate the stored resources at this instant first",
+    )
+    referrals.add_argument("--rules", type=Path, metavar="FILE")
+    referrals.set_defaults(run=_referrals)
     return parser
 
 

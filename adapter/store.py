@@ -268,6 +268,12 @@ def stored_evaluation(session: Session, referral_key: str) -> dict[str, Any] | N
     return found
 
 
+def stored_evaluations(session: Session, batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every stored evaluation (the `segment` lines), by referral key; streamed."""
+    stmt = select(Referral.evaluation).order_by(Referral.key)
+    yield from session.execute(stmt.execution_options(yield_per=batch)).scalars()
+
+
 def history(session: Session, referral_key: str) -> list[SegmentChange]:
     """A referral's segment history, oldest first."""
     stmt = (

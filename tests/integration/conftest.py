@@ -3,8 +3,11 @@
 - `hapi_base_url`: a HAPI FHIR R4 JPA server (tests/hapi/hapi.sh), H2 in memory.
 - `fhir_validator`: the offline HAPI validator (tests/fhir_validator/validate.sh --stdin), loaded
   with fhir_profiles/ and the test profiles, kept running so each check costs no JVM start.
+- `sekmet_base_url`: a sekmet-fhir server (PyPI `sekmet-fhir`, Python, SQLite in a temp dir,
+  simulator off; tests/sekmet/server.py), the second, light FHIR server.
 
-Neither skips: without Java or Maven the fixtures fail, so a CI machine missing them goes red.
+None skips: without Java or Maven, or without sekmet-fhir installed, the fixtures fail, so a CI
+machine missing them goes red.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tests.integration.java_tools import (
     Validator,
     require_java_toolchain,
 )
+from tests.sekmet.server import SekmetServer, SekmetStartError
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +86,17 @@ def fhir_validator() -> Iterator[Validator]:
         yield validator
     finally:
         validator.close()
+
+
+@pytest.fixture(scope="session")
+def sekmet_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (http://127.0.0.1:PORT/fhir) of a sekmet-fhir server started for this session."""
+    server = SekmetServer(tmp_path_factory.mktemp("sekmet-state"))
+    try:
+        base_url = server.start()
+    except SekmetStartError as error:
+        pytest.fail(f"sekmet did not start: {error}")
+    try:
+        yield base_url
+    finally:
+        server.stop()

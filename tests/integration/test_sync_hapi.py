@@ -1,0 +1,193 @@
+"""`referral-adapter sync` from the real HAPI FHIR R4 server into the store (SQLite, PostgreSQL).
+
+The server is shared by the session's tests, so comparisons are against everything it holds:
+a dump of the server's resources, evaluated by `segment`, must equal what `sync` stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy.orm import Session
+
+from adapter import store
+from adapter.cli import main
+from adapter.fhir_client import FhirClient
+from adapter.http_policy import make_http_client
+from adapter.sync import SYNC_TYPES
+from adapter.synth import synth_to_dir
+
+JSON = dict[str, Any]
+
+
+@pytest.fixture
+def client(hapi_base_url: str) -> Iterator[FhirClient]:
+    with make_http_client(timeout=60.0) as http:
+        yield FhirClient(hapi_base_url, http)
+
+
+def dump(client: FhirClient, folder: Path) -> Path:
+    """Every resource of the synced types the server holds, as a Bulk Data directory."""
+    folder.mkdir()
+    for resource_type in SYNC_TYPES:
+        lines = [
+            orjson.dumps(e["resource"])
+            for page in client.search(resource_type, {"_count": "200"})
+            for e in page.get("entry", [])
+        ]
+        (folder / f"{resource_type}.ndjson").write_bytes(b"".join(x + b"\n" for x in lines))
+    return folder
+
+
+def lines_of(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, JSON]:
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    return {e["referral"]: e for e in map(orjson.loads, out.splitlines())}
+
+
+def sync(capsys: pytest.CaptureFixture[str], url: str, db: str, as_of: str) -> JSON:
+    assert main(["sync", "--fhir-base", url, "--db", db, "--as-of", as_of, "--json"]) == 0
+    summary: JSON = orjson.loads(capsys.readouterr().out)
+    return summary
+
+
+def history_rows(db: str, key: str) -> int:
+    engine = store.make_engine(db)
+    with Session(engine) as session:
+        return len(store.history(session, key))
+
+
+def test_sync_stores_what_segment_makes_of_the_server_and_follows_changes(
+    client: FhirClient,
+    hapi_base_url: str,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    export = tmp_path / "export"
+    synth_to_dir(30, 21, datetime(2026, 12, 3, tzinfo=UTC), export)
+    assert main(["load", "--fhir-base", hapi_base_url, "--input", str(export)]) == 0
+    capsys.readouterr()
+    # A referral of our own that surely lacks insurance (the run before may have fixed synth's).
+    suffix = uuid.uuid4().hex[:8]
+    client.update(
+        {
+            "resourceType": "Patient",
+            "id": f"pat-sync-{suffix}",
+            "name": [{"family": "Sync", "given": ["Test"]}],
+            "birthDate": "1980-02-03",
+            "telecom": [{"system": "phone", "value": "555-555-0199"}],
+        }
+    )
+    client.update(
+        {
+            "resourceType": "ServiceRequest",
+            "id": f"sr-sync-{suffix}",
+            "status": "active",
+            "intent": "order",
+            "authoredOn": "2026-12-01T10:00:00Z",
+            "code": {"text": "Cardiology consult"},
+            "reasonCode": [{"text": "Palpitations"}],
+            "subject": {"reference": f"Patient/pat-sync-{suffix}"},
+            "requester": {"reference": "Organization/org-northside"},
+            "supportingInfo": [{"reference": "DocumentReference/none"}],
+        }
+    )
+    db = db_url  # SQLite, then a real PostgreSQL
+    first_as_of = "2026-12-03T12:00:00Z"
+
+    summary = sync(capsys, hapi_base_url, db, first_as_of)
+    assert summary["fetched"] > 0
+    assert summary["quarantined"] == 0
+    stored = lines_of(capsys, ["referrals", "--db", db])
+    assert summary["referrals"] == len(stored) >= 25
+    from_dump = lines_of(
+        capsys, ["segment", "--input", str(dump(client, tmp_path / "d1")), "--as-of", first_as_of]
+    )
+    assert stored == from_dump
+
+    # Nothing changed on the server: a second sync fetches only its overlap and moves nothing.
+    again = sync(capsys, hapi_base_url, db, first_as_of)
+    assert again["changed"] == 0
+    assert again["moved"] == 0
+
+    # Change context on the server, not the referrals themselves (but for one revocation).
+    open_ones = [e for e in stored.values() if e["state"] == "open"]
+    no_insurance = stored[f"ServiceRequest/sr-sync-{suffix}"]
+    assert [m["item"] for m in no_insurance["missing"]] == ["insurance"]
+    quiet = next(
+        e
+        for e in open_ones
+        if "patient-active" not in e["segments"] and e is not no_insurance and e["patient"]
+    )
+    to_book = next(e for e in open_ones if e not in (no_insurance, quiet))
+    to_revoke = next(e for e in open_ones if e not in (no_insurance, quiet, to_book))
+    changed = {e["referral"] for e in (no_insurance, quiet, to_book, to_revoke)}
+    patient_of = {k: e["patient"] for k, e in stored.items()}
+
+    client.create(
+        {
+            "resourceType": "Coverage",
+            "status": "active",
+            "subscriberId": "SYN-NEW-1",
+            "beneficiary": {"reference": no_insurance["patient"]},
+            "payor": [{"reference": "Organization/payer-synthetic-mutual"}],
+        }
+    )
+    client.create(
+        {
+            "resourceType": "Communication",
+            "status": "completed",
+            "sent": "2026-12-03T11:00:00Z",
+            "basedOn": [{"reference": quiet["referral"]}],
+            "subject": {"reference": quiet["patient"]},
+            "sender": {"reference": quiet["patient"]},
+            "payload": [{"contentString": "Any news on my referral?"}],
+        }
+    )
+    client.create(
+        {
+            "resourceType": "Appointment",
+            "status": "booked",
+            "start": "2026-12-10T15:00:00Z",
+            "end": "2026-12-10T15:40:00Z",
+            "basedOn": [{"reference": to_book["referral"]}],
+            "participant": [{"actor": {"reference": to_book["patient"]}, "status": "accepted"}],
+        }
+    )
+    revoked = client.read("ServiceRequest", to_revoke["referral"].split("/")[1])
+    revoked["status"] = "revoked"
+    client.update(revoked)
+
+    summary = sync(capsys, hapi_base_url, db, first_as_of)
+    assert summary["changed"] == 4
+    after = lines_of(capsys, ["referrals", "--db", db])
+    assert after[no_insurance["referral"]]["missing"] == []
+    assert "patient-active" in after[quiet["referral"]]["segments"]
+    assert after[to_book["referral"]]["state"] == "scheduled"
+    assert after[to_revoke["referral"]]["state"] == "closed"
+    # Only the touched referrals moved (and other open referrals of the same patients, which a
+    # new Coverage or an unlinked message may also concern).
+    moved = {
+        k
+        for k in after
+        if after[k]["segments"] != stored[k]["segments"] or after[k]["state"] != stored[k]["state"]
+    }
+    touched_patients = {patient_of[k] for k in changed}
+    assert changed <= moved
+    assert all(patient_of[k] in touched_patients for k in moved)
+    for key in changed:
+        assert history_rows(db, key) == 2  # first sight, then this change
+    untouched = next(k for k in stored if k not in moved)
+    assert history_rows(db, untouched) == 1
+
+    from_dump = lines_of(
+        capsys, ["segment", "--input", str(dump(client, tmp_path / "d2")), "--as-of", first_as_of]
+    )
+    assert after == from_dump

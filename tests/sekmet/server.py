@@ -1,0 +1,173 @@
+"""Start and stop a sekmet-fhir test server (PyPI `sekmet-fhir`, a FHIR R4 server on SQLite).
+
+`sekmet serve` reads everything from a settings file; this module writes one into a state
+directory of its own: loopback only, a given port, the SQLite database in that directory, the
+workflow simulator off (otherwise it answers ServiceRequests, Tasks and Appointments on its own
+after 2 s), no inbound traffic log, no authentication, structural validation on (its default).
+`base_url` in the settings must name the real port: sekmet builds next links, fullUrls and
+Location headers from it, not from the request.
+
+    python -m tests.sekmet.server [STATE_DIR]   start by hand, print the base URL, Ctrl-C stops
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+# Variables sekmet's settings loader lets override the file: never inherited from the caller.
+OVERRIDES = ("SEKMET_CONFIG", "SEKMET_BASE_URL", "SEKMET_DB", "SEKMET_PORT", "SEKMET_PUBLIC_URL")
+
+
+class SekmetStartError(RuntimeError):
+    """The server did not come up; the message carries the tail of its log."""
+
+
+def sekmet_executable() -> Path:
+    """The `sekmet` console script of the running interpreter's environment."""
+    return Path(sys.executable).with_name("sekmet")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def settings_for(state_dir: Path, port: int) -> dict[str, object]:
+    data_dir = state_dir / "data"
+    return {
+        "base_url": f"http://127.0.0.1:{port}/fhir",
+        "host": "127.0.0.1",
+        "port": port,
+        "data_dir": str(data_dir),
+        "db_path": str(data_dir / "sekmet.db"),
+        "simulator": {"enabled": False},
+        "log_inbound": False,
+        "server_auth": {"types": ["none"]},
+        "validation": {"inbound": "strict"},
+    }
+
+
+def log_tail(log_file: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class SekmetServer:
+    """One `sekmet serve` process with its own settings file, database and log."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.log_file = state_dir / "sekmet.log"
+        self.settings_file = state_dir / "settings.yaml"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.base_url = ""
+        self.started_in_s = 0.0
+
+    def start(self, attempts: int = 3) -> str:
+        """Start on a free loopback port, wait for /metadata, return the FHIR base URL."""
+        executable = sekmet_executable()
+        if not executable.exists():
+            raise SekmetStartError(
+                f"{executable} not found: install the test server with "
+                f"`{sys.executable} -m pip install sekmet-fhir`"
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(executable)
+            except SekmetStartError as error:
+                # Another process may take the free port between probe and bind: try another.
+                if attempt == attempts or "address already in use" not in str(error).lower():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, executable: Path) -> str:
+        port = free_port()
+        # JSON is YAML: no YAML writer needed.
+        self.settings_file.write_text(json.dumps(settings_for(self.state_dir, port), indent=2))
+        env = {k: v for k, v in os.environ.items() if k not in OVERRIDES}
+        env["_TYPER_STANDARD_TRACEBACK"] = "1"  # plain tracebacks in the log, no boxes
+        started_at = time.monotonic()
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(executable), "serve", "--config", str(self.settings_file)],
+                cwd=self.state_dir,  # sekmet resolves relative paths (keys/, data/) from here
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        base_url = f"http://127.0.0.1:{port}/fhir"
+        while time.monotonic() - started_at < START_TIMEOUT_S:
+            if self.process.poll() is not None:
+                self.process = None
+                raise SekmetStartError(
+                    f"sekmet exited during start-up; last lines of {self.log_file}:\n"
+                    + log_tail(self.log_file)
+                )
+            try:
+                if httpx.get(f"{base_url}/metadata", timeout=5).status_code == 200:
+                    self.base_url = base_url
+                    self.started_in_s = time.monotonic() - started_at
+                    return base_url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise SekmetStartError(
+            f"{base_url}/metadata did not answer within {START_TIMEOUT_S:.0f} s; "
+            f"last lines of {self.log_file}:\n" + log_tail(self.log_file)
+        )
+
+    def stop(self) -> None:
+        """SIGTERM (uvicorn shuts down cleanly), SIGKILL if it has not exited in time."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def _main(argv: list[str]) -> int:
+    import tempfile
+
+    state_dir = Path(argv[0]) if argv else Path(tempfile.mkdtemp(prefix="sekmet-"))
+    server = SekmetServer(state_dir)
+    try:
+        print(server.start(), flush=True)
+    except SekmetStartError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"ready after {server.started_in_s:.1f} s; log {server.log_file}", file=sys.stderr)
+    try:
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
