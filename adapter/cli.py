@@ -178,19 +178,23 @@ def _referrals(args: argparse.Namespace) -> int:
     from sqlalchemy.orm import Session
 
     from adapter import store
-    from adapter.sync import evaluate_store
+    from adapter.sync import evaluate_stored
 
     engine = _engine(args.db)
+    out = sys.stdout.buffer
     if args.as_of is not None:
-
+        # Evaluated afresh from the stored resources and printed; the store is left as it is
+        # (it keeps the picture of the latest sync).
         def report(where: str, message: str) -> None:
             sys.stderr.write(f"{PROG}: {where}: {message}\n")
 
-        evaluate_store(engine, load_rules(args.rules), args.as_of, report)
-    out = sys.stdout.buffer
-    with Session(engine) as session:
-        for evaluation in store.stored_evaluations(session):
-            out.write(json.dumps(evaluation, separators=(",", ":")).encode() + b"\n")
+        with bulk_allocation():
+            evaluator = evaluate_stored(engine, load_rules(args.rules), args.as_of, report)
+            write_lines(evaluator, out)
+    else:
+        with Session(engine) as session:
+            for evaluation in store.stored_evaluations(session):
+                out.write(json.dumps(evaluation, separators=(",", ":")).encode() + b"\n")
     out.flush()
     return 0
 

@@ -32,7 +32,7 @@ from mappings.fhirtime import parse_instant
 from mappings.referral import Evaluator
 from mappings.rules import PracticeRules
 
-__all__ = ["SYNC_TYPES", "SyncSummary", "evaluate_store", "run_sync"]
+__all__ = ["SYNC_TYPES", "SyncSummary", "evaluate_store", "evaluate_stored", "run_sync"]
 
 # The types the referral model reads, context before referrals.
 SYNC_TYPES = (
@@ -136,6 +136,18 @@ def _sync_type(
             store.advance_cursor(session, base_url, resource_type, min(newest, started))
 
 
+def evaluate_stored(
+    engine: Engine,
+    rules: PracticeRules,
+    as_of: datetime,
+    on_problem: Callable[[str, str], None],
+) -> Evaluator:
+    """An evaluator over the stored resources."""
+    with Session(engine) as session:
+        index, _ = index_resources(store.iter_resources(session, SYNC_TYPES), on_problem)
+    return Evaluator(index, rules, as_of)
+
+
 def evaluate_store(
     engine: Engine,
     rules: PracticeRules,
@@ -144,11 +156,10 @@ def evaluate_store(
 ) -> tuple[int, int]:
     """Evaluate every stored referral and save it; (referrals, how many changed state or
     segments)."""
-    with Session(engine) as session:
-        index, _ = index_resources(store.iter_resources(session, SYNC_TYPES), on_problem)
+    evaluator = evaluate_stored(engine, rules, as_of, on_problem)
     referrals = moved = 0
     with Session(engine) as session, session.begin():
-        for evaluation in Evaluator(index, rules, as_of):
+        for evaluation in evaluator:
             referrals += 1
             if store.save_evaluation(session, evaluation, as_of):
                 moved += 1

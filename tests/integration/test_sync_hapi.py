@@ -187,7 +187,13 @@ def test_sync_stores_what_segment_makes_of_the_server_and_follows_changes(
     untouched = next(k for k in stored if k not in moved)
     assert history_rows(db, untouched) == 1
 
-    from_dump = lines_of(
-        capsys, ["segment", "--input", str(dump(client, tmp_path / "d2")), "--as-of", first_as_of]
-    )
+    second_dump = dump(client, tmp_path / "d2")
+    from_dump = lines_of(capsys, ["segment", "--input", str(second_dump), "--as-of", first_as_of])
     assert after == from_dump
+
+    # `referrals --as-of` evaluates the stored resources afresh, even at an earlier instant.
+    earlier = "2026-11-25T00:00:00Z"
+    assert lines_of(capsys, ["referrals", "--db", db, "--as-of", earlier]) == lines_of(
+        capsys, ["segment", "--input", str(second_dump), "--as-of", earlier]
+    )
+    assert lines_of(capsys, ["referrals", "--db", db]) == after  # the store is unchanged

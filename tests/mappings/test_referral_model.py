@@ -810,3 +810,16 @@ def test_a_contained_patient_resolves_the_subject_and_a_contained_order_is_no_re
     form = p.ada_intake_form(iso(AS_OF - timedelta(days=1)))
     form["contained"] = [{**p.ada_referral(), "id": "inner-order"}]
     assert list(evaluate([*packet(), form])) == [REF]
+
+
+def test_the_evaluation_does_not_depend_on_the_order_of_the_input() -> None:
+    old = {**_coverage(status="cancelled"), "id": "cov-old"}
+    expired = {**_coverage(period={"end": "2024-12-31"}), "id": "cov-expired"}
+    first = {**p.ada_message(iso(AS_OF - timedelta(days=2))), "id": "msg-1"}
+    second = {**p.ada_message(iso(AS_OF - timedelta(days=1)), linked=False), "id": "msg-2"}
+    resources = packet(drop=("Coverage/cov-ada",), extra=(old, expired, first, second))
+    forward = only(resources)
+    assert forward == only(list(reversed(resources)))
+    assert "(Coverage cov-expired ended 2024-12-31; Coverage cov-old is cancelled)" in (
+        forward.missing[0].detail
+    )
