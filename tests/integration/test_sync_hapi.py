@@ -197,3 +197,21 @@ def test_sync_stores_what_segment_makes_of_the_server_and_follows_changes(
         capsys, ["segment", "--input", str(second_dump), "--as-of", earlier]
     )
     assert lines_of(capsys, ["referrals", "--db", db]) == after  # the store is unchanged
+
+
+def test_a_full_sync_from_sekmet_stores_what_segment_makes_of_the_files(
+    sekmet_base_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # sekmet keeps no referential integrity, so everything synth writes loads, orphans too.
+    export = tmp_path / "export"
+    synth_to_dir(20, 41, datetime(2026, 12, 3, tzinfo=UTC), export)
+    assert main(["load", "--fhir-base", sekmet_base_url, "--input", str(export)]) == 0
+    assert "0 refused by the server" in capsys.readouterr().err
+    db = f"sqlite:///{tmp_path / 'sekmet.db'}"
+    as_of = "2026-12-03T12:00:00Z"
+    summary = sync(capsys, sekmet_base_url, db, as_of)
+    assert summary["quarantined"] == 0
+    stored = lines_of(capsys, ["referrals", "--db", db])
+    from_files = lines_of(capsys, ["segment", "--input", str(export), "--as-of", as_of])
+    assert len(from_files) == 20
+    assert {k: v for k, v in stored.items() if k in from_files} == from_files
