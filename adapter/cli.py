@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,6 +128,7 @@ def _engine(url: str) -> Any:
 
 
 def _sync(args: argparse.Namespace) -> int:
+    from adapter.errors import TemporaryServerError
     from adapter.fhir_client import FhirClient
     from adapter.http_policy import make_http_client
     from adapter.smart_auth import BearerToken
@@ -145,33 +147,44 @@ def _sync(args: argparse.Namespace) -> int:
 
     engine = _engine(args.db)
     token = os.environ.get(TOKEN_VARIABLE)
-    with make_http_client() as http, bulk_allocation():
+    with make_http_client() as http:
         client = FhirClient(args.fhir_base, http, BearerToken(token) if token else None)
-        summary = run_sync(
-            client, engine, rules, on_problem=report, on_progress=progress, as_of=args.as_of
-        )
-    if shown is not None:
+        while True:
+            try:
+                with bulk_allocation():
+                    summary = run_sync(
+                        client,
+                        engine,
+                        rules,
+                        on_problem=report,
+                        on_progress=progress,
+                        as_of=args.as_of,
+                    )
+            except TemporaryServerError as error:
+                if args.every is None:
+                    raise
+                # A worker outlives a server's bad minutes: say so, and try at the next round.
+                sys.stderr.write(f"{PROG}: sync failed, next try in {args.every} s: {error}\n")
+            else:
+                _sync_report(summary, args.json, shown is not None)
+            if args.every is None:
+                return 0
+            time.sleep(args.every)
+
+
+def _sync_report(summary: Any, as_json: bool, progress_shown: bool) -> None:
+    if progress_shown:
         sys.stderr.write("\n")
     for note in summary.notes:
         sys.stderr.write(f"{PROG}: note: {note}\n")
-    if args.json:
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "fetched": summary.fetched,
-                    "changed": summary.changed,
-                    "quarantined": summary.quarantined,
-                    "referrals": summary.referrals,
-                    "moved": summary.moved,
-                    "seconds": round(summary.seconds, 3),
-                    "by_type": summary.by_type,
-                }
-            )
-            + "\n"
-        )
+    if as_json:
+        fields = ("fetched", "changed", "quarantined", "referrals", "moved", "by_type")
+        line = {name: getattr(summary, name) for name in fields}
+        line["seconds"] = round(summary.seconds, 3)
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
     else:
         sys.stderr.write(f"{PROG}: sync: {summary.line()}\n")
-    return 0
 
 
 def _referrals(args: argparse.Namespace) -> int:
@@ -299,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument(
         "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
+    sync.add_argument(
+        "--every",
+        type=_positive,
+        metavar="SECONDS",
+        help="sync again every SECONDS, for ever (a worker); a server that is down is tried "
+        "again at the next round",
     )
     sync.set_defaults(run=_sync)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import respx
 from sqlalchemy.orm import Session
@@ -182,3 +183,58 @@ def test_a_page_that_recovers_within_the_retries_is_just_slower(
     assert summary.fetched == 8  # an organization, a role, three patients, coverage, referral,
     assert summary.changed == 7  # letter; all stored but the malformed patient
     assert summary.quarantined == 1
+
+
+class Stop(BaseException):  # not an Exception: main() reports those as internal errors
+    """Ends the worker loop in the test."""
+
+
+def test_the_worker_outlives_a_bad_round(
+    server: Server,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from adapter import cli
+    from adapter.http_policy import RetryPolicy as Policy
+
+    rounds: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        rounds.append(seconds)
+        if len(rounds) == 2:
+            raise Stop
+
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    # The client's own retries must not wait either.
+    monkeypatch.setattr("adapter.fhir_client.RetryPolicy", lambda: Policy(sleep=lambda s: None))
+    server.fail_page_two = 100
+    db = f"sqlite:///{tmp_path / 'worker.db'}"
+    argv = [
+        "sync",
+        "--fhir-base",
+        BASE,
+        "--db",
+        db,
+        "--every",
+        "30",
+        "--json",
+        "--as-of",
+        "2026-12-03T12:00:00Z",
+    ]
+    with pytest.raises(Stop):
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    assert "sync failed, next try in 30 s: " in err
+    assert "database is busy" in err
+    assert out == ""
+    server.fail_page_two = 0
+    rounds.clear()
+    with pytest.raises(Stop):
+        cli.main(argv)
+    out, _ = capsys.readouterr()
+    summaries = [orjson.loads(line) for line in out.splitlines()]
+    assert len(summaries) == 2
+    assert summaries[0]["quarantined"] == 1
+    assert summaries[0]["referrals"] == 1
+    assert rounds == [30, 30]
