@@ -99,6 +99,39 @@ def test_sync_stores_what_segment_makes_of_the_server_and_follows_changes(
             "supportingInfo": [{"reference": "DocumentReference/none"}],
         }
     )
+    # And one whose patient has no phone or SMS number yet.
+    client.update(
+        {
+            "resourceType": "Patient",
+            "id": f"pat-nophone-{suffix}",
+            "name": [{"family": "Sync", "given": ["Quiet"]}],
+            "birthDate": "1981-04-05",
+        }
+    )
+    client.update(
+        {
+            "resourceType": "Coverage",
+            "id": f"cov-nophone-{suffix}",
+            "status": "active",
+            "subscriberId": "SYN-NOPHONE",
+            "beneficiary": {"reference": f"Patient/pat-nophone-{suffix}"},
+            "payor": [{"reference": "Organization/payer-synthetic-mutual"}],
+        }
+    )
+    client.update(
+        {
+            "resourceType": "ServiceRequest",
+            "id": f"sr-nophone-{suffix}",
+            "status": "active",
+            "intent": "order",
+            "authoredOn": "2026-12-01T10:00:00Z",
+            "code": {"text": "Cardiology consult"},
+            "reasonCode": [{"text": "Palpitations"}],
+            "subject": {"reference": f"Patient/pat-nophone-{suffix}"},
+            "requester": {"reference": "Organization/org-northside"},
+            "supportingInfo": [{"reference": "DocumentReference/none"}],
+        }
+    )
     db = db_url  # SQLite, then a real PostgreSQL
     first_as_of = "2026-12-03T12:00:00Z"
 
@@ -118,7 +151,7 @@ def test_sync_stores_what_segment_makes_of_the_server_and_follows_changes(
     assert again["moved"] == 0
 
     # Change context on the server, not the referrals themselves (but for one revocation).
-    open_ones = [e for e in stored.values() if e["state"] == "open"]
+    open_ones = [e for e in stored.values() if e["state"] == "open" and suffix not in e["referral"]]
     no_insurance = stored[f"ServiceRequest/sr-sync-{suffix}"]
     assert [m["item"] for m in no_insurance["missing"]] == ["insurance"]
     quiet = next(
@@ -129,6 +162,7 @@ def test_sync_stores_what_segment_makes_of_the_server_and_follows_changes(
     to_book = next(e for e in open_ones if e not in (no_insurance, quiet))
     to_revoke = next(e for e in open_ones if e not in (no_insurance, quiet, to_book))
     changed = {e["referral"] for e in (no_insurance, quiet, to_book, to_revoke)}
+    changed.add(f"ServiceRequest/sr-nophone-{suffix}")
     patient_of = {k: e["patient"] for k, e in stored.items()}
 
     client.create(
@@ -161,14 +195,21 @@ def test_sync_stores_what_segment_makes_of_the_server_and_follows_changes(
             "participant": [{"actor": {"reference": to_book["patient"]}, "status": "accepted"}],
         }
     )
+    no_phone = stored[f"ServiceRequest/sr-nophone-{suffix}"]
+    assert [m["item"] for m in no_phone["missing"]] == ["demographics"]
+    corrected = client.read("Patient", f"pat-nophone-{suffix}")
+    corrected["telecom"] = [{"system": "sms", "value": "555-555-0198"}]
+    client.update(corrected)
     revoked = client.read("ServiceRequest", to_revoke["referral"].split("/")[1])
     revoked["status"] = "revoked"
     client.update(revoked)
 
     summary = sync(capsys, hapi_base_url, db, first_as_of)
-    assert summary["changed"] == 4
+    assert summary["changed"] == 5
     after = lines_of(capsys, ["referrals", "--db", db])
     assert after[no_insurance["referral"]]["missing"] == []
+    assert after[no_phone["referral"]]["missing"] == []
+    assert "ready-to-schedule" in after[no_phone["referral"]]["segments"]
     assert "patient-active" in after[quiet["referral"]]["segments"]
     assert after[to_book["referral"]]["state"] == "scheduled"
     assert after[to_revoke["referral"]]["state"] == "closed"
