@@ -14,44 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
-FHIR_JSON = "application/fhir+json"
+from tests.integration.fhir_helpers import create, ids_of, patient, raw_client, unique_system
+
 HAPI_VERSION = "8.8.0"
 
 
 @pytest.fixture
 def fhir(hapi_base_url: str) -> Iterator[httpx.Client]:
-    headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
-    with httpx.Client(base_url=hapi_base_url, headers=headers, timeout=60) as client:
+    with raw_client(hapi_base_url) as client:
         yield client
-
-
-def unique_system() -> str:
-    return f"urn:test:{uuid.uuid4().hex}"
-
-
-def create(fhir: httpx.Client, resource: dict[str, Any]) -> dict[str, Any]:
-    response = fhir.post(f"/{resource['resourceType']}", json=resource)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
-def patient(system: str, value: str, family: str = "Rivera") -> dict[str, Any]:
-    return {
-        "resourceType": "Patient",
-        "identifier": [{"system": system, "value": value}],
-        "name": [{"family": family, "given": ["Sam"]}],
-        "birthDate": "1980-02-03",
-    }
-
-
-def ids_of(bundle: dict[str, Any], resource_type: str, mode: str | None = None) -> list[str]:
-    return [
-        entry["resource"]["id"]
-        for entry in bundle.get("entry", [])
-        if entry["resource"]["resourceType"] == resource_type
-        and (mode is None or entry["search"]["mode"] == mode)
-    ]
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:

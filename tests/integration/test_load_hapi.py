@@ -16,6 +16,7 @@ from adapter.fhir_client import FhirClient
 from adapter.http_policy import make_http_client
 from adapter.personas import REFERRAL_NUMBER
 from adapter.synth import synth_to_dir
+from tests.integration.fhir_helpers import resources_of, write_folder
 
 AS_OF = "2026-12-03T12:00:00Z"
 
@@ -47,22 +48,6 @@ def referral_total(client: FhirClient) -> int:
         client.search("ServiceRequest", {"identifier": f"{REFERRAL_NUMBER}|", "_summary": "count"})
     )
     return int(page["total"])
-
-
-def resources_of(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    return {
-        f.stem: [orjson.loads(line) for line in f.read_bytes().splitlines()]
-        for f in sorted(folder.glob("*.ndjson"))
-    }
-
-
-def write_folder(folder: Path, by_type: dict[str, list[dict[str, Any]]]) -> Path:
-    folder.mkdir()
-    for resource_type, resources in by_type.items():
-        (folder / f"{resource_type}.ndjson").write_bytes(
-            b"".join(orjson.dumps(r) + b"\n" for r in resources)
-        )
-    return folder
 
 
 def test_load_writes_once_and_the_server_evaluates_like_the_files(

@@ -28,49 +28,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from adapter.cli import main
+from tests.integration.fhir_helpers import (
+    create,
+    ids_of,
+    patient,
+    raw_client,
+    resources_of,
+    unique_system,
+    write_folder,
+)
 
-FHIR_JSON = "application/fhir+json"
 AS_OF = "2026-12-03T12:00:00Z"
 
 
 @pytest.fixture
 def fhir(sekmet_base_url: str) -> Iterator[httpx.Client]:
-    headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
-    with httpx.Client(base_url=sekmet_base_url, headers=headers, timeout=60) as client:
+    with raw_client(sekmet_base_url) as client:
         yield client
-
-
-def unique_system() -> str:
-    return f"urn:test:{uuid.uuid4().hex}"
-
-
-def create(fhir: httpx.Client, resource: dict[str, Any]) -> dict[str, Any]:
-    response = fhir.post(f"/{resource['resourceType']}", json=resource)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
-def patient(system: str, value: str, family: str = "Rivera") -> dict[str, Any]:
-    return {
-        "resourceType": "Patient",
-        "identifier": [{"system": system, "value": value}],
-        "name": [{"family": family, "given": ["Sam"]}],
-        "birthDate": "1980-02-03",
-    }
-
-
-def ids_of(bundle: dict[str, Any], resource_type: str, mode: str | None = None) -> list[str]:
-    return [
-        entry["resource"]["id"]
-        for entry in bundle.get("entry", [])
-        if entry["resource"]["resourceType"] == resource_type
-        and (mode is None or entry["search"]["mode"] == mode)
-    ]
 
 
 def link(bundle: dict[str, Any], relation: str) -> str | None:
@@ -584,22 +561,6 @@ def test_delete_then_read_is_gone_and_history_shows_it(fhir: httpx.Client) -> No
     # Deleting again, or deleting what never existed, is not an error on sekmet.
     assert fhir.delete(path).status_code == 200
     assert fhir.delete("/Patient/never-existed").status_code == 200
-
-
-def resources_of(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    return {
-        f.stem: [orjson.loads(line) for line in f.read_bytes().splitlines()]
-        for f in sorted(folder.glob("*.ndjson"))
-    }
-
-
-def write_folder(folder: Path, by_type: dict[str, list[dict[str, Any]]]) -> Path:
-    folder.mkdir()
-    for resource_type, resources in by_type.items():
-        (folder / f"{resource_type}.ndjson").write_bytes(
-            b"".join(orjson.dumps(r) + b"\n" for r in resources)
-        )
-    return folder
 
 
 def test_load_synth_data_into_sekmet(
