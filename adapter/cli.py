@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -159,6 +159,7 @@ def _sync(args: argparse.Namespace) -> int:
                         on_problem=report,
                         on_progress=progress,
                         as_of=args.as_of,
+                        overlap=timedelta(seconds=args.overlap_seconds),
                     )
             except TemporaryServerError as error:
                 if args.every is None:
@@ -312,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument(
         "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
+    sync.add_argument(
+        "--overlap-seconds",
+        type=_count,
+        default=300,
+        metavar="S",
+        help="re-read this much before the cursor, for clock skew and late commits (default 300)",
     )
     sync.add_argument(
         "--every",

@@ -130,12 +130,16 @@ def put_resource(session: Session, resource: dict[str, Any], source: str) -> boo
     Newer means a higher versionId when both are numbers, else a later meta.lastUpdated. When
     neither can be compared (no versions), a different body replaces the stored one.
     """
+    return put_resources(session, [resource], source) == 1
+
+
+def _row(resource: dict[str, Any], source: str, now: datetime) -> dict[str, Any]:
     if not resource.get("resourceType") or not resource.get("id"):
         raise ValueError("the store keeps resources with a resourceType and an id only")
     meta = resource.get("meta") or {}
     version = meta.get("versionId")
     version_id = str(version) if version is not None else None
-    values = {
+    return {
         "resource_type": resource["resourceType"],
         "id": resource["id"],
         "version_id": version_id,
@@ -143,9 +147,26 @@ def put_resource(session: Session, resource: dict[str, Any], source: str) -> boo
         "last_updated": parse_instant(meta.get("lastUpdated")),
         "source": source,
         "body": resource,
-        "stored_at": _now(),
+        "stored_at": now,
     }
-    stmt = _insert(session)(StoredResource).values(values)
+
+
+def put_resources(session: Session, resources: list[dict[str, Any]], source: str) -> int:
+    """`put_resource` for many resources in one statement; how many were stored or changed.
+
+    A page of a sync is one statement instead of one per resource (a row at a time costs most
+    of a sync's own time). The same resource twice in one call keeps its newest copy.
+    """
+    now = _now()
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for resource in resources:
+        row = _row(resource, source, now)
+        key = (row["resource_type"], row["id"])
+        if key not in rows or _newer(row, rows[key]):
+            rows[key] = row
+    if not rows:
+        return 0
+    stmt = _insert(session)(StoredResource).values(list(rows.values()))
     new, old = stmt.excluded, StoredResource.__table__.c
     both_numbered = and_(new.version_num.is_not(None), old.version_num.is_not(None))
     both_dated = and_(new.last_updated.is_not(None), old.last_updated.is_not(None))
@@ -154,12 +175,22 @@ def put_resource(session: Session, resource: dict[str, Any], source: str) -> boo
         and_(~both_numbered, both_dated, new.last_updated > old.last_updated),
         and_(~both_numbered, ~both_dated, new.body != old.body),
     )
+    columns = ("version_id", "version_num", "last_updated", "source", "body", "stored_at")
     stmt = stmt.on_conflict_do_update(
         index_elements=["resource_type", "id"],
-        set_={key: stmt.excluded[key] for key in values if key not in ("resource_type", "id")},
+        set_={key: stmt.excluded[key] for key in columns},
         where=newer,
     ).returning(old.id)
-    return session.execute(stmt).first() is not None
+    return len(session.execute(stmt).all())
+
+
+def _newer(row: dict[str, Any], than: dict[str, Any]) -> bool:
+    """The same ordering as the upsert's WHERE, for two copies within one call."""
+    if row["version_num"] is not None and than["version_num"] is not None:
+        return bool(row["version_num"] > than["version_num"])
+    if row["last_updated"] is not None and than["last_updated"] is not None:
+        return bool(row["last_updated"] > than["last_updated"])
+    return True  # neither comparable: the later copy, as a later call would store it
 
 
 def get_resource(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:

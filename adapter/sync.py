@@ -96,6 +96,7 @@ def _sync_type(
     started: datetime,
     summary: SyncSummary,
     on_progress: Progress | None,
+    overlap: timedelta,
 ) -> None:
     capabilities = client.capabilities()
     with Session(engine) as session:
@@ -108,10 +109,11 @@ def _sync_type(
     else:
         summary.notes.append(f"{resource_type}: the server cannot sort by _lastUpdated")
     if cursor is not None:
-        params.append(("_lastUpdated", f"ge{_instant(cursor - OVERLAP)}"))
+        params.append(("_lastUpdated", f"ge{_instant(cursor - overlap)}"))
     newest: datetime | None = None
     for page in client.search(resource_type, params):
         with Session(engine) as session, session.begin():
+            readable = []
             for resource in _matches(page):
                 summary.fetched += 1
                 summary.by_type[resource_type] = summary.by_type.get(resource_type, 0) + 1
@@ -122,11 +124,11 @@ def _sync_type(
                     store.quarantine(session, base_url, resource_type, rid, reason)
                     summary.quarantined += 1
                     continue
-                if store.put_resource(session, resource, base_url):
-                    summary.changed += 1
+                readable.append(resource)
                 updated = parse_instant((resource.get("meta") or {}).get("lastUpdated"))
                 if updated is not None and (newest is None or updated > newest):
                     newest = updated
+            summary.changed += store.put_resources(session, readable, base_url)
             if sorted_pages and newest is not None:
                 store.advance_cursor(session, base_url, resource_type, min(newest, started))
         if on_progress is not None:
@@ -174,6 +176,7 @@ def run_sync(
     on_problem: Callable[[str, str], None],
     on_progress: Progress | None = None,
     as_of: datetime | None = None,
+    overlap: timedelta = OVERLAP,
 ) -> SyncSummary:
     """Fetch what changed on the server since the last sync, store it, re-evaluate."""
     clock = time.perf_counter()
@@ -189,6 +192,7 @@ def run_sync(
             started=started,
             summary=summary,
             on_progress=on_progress,
+            overlap=overlap,
         )
     summary.referrals, summary.moved = evaluate_store(engine, rules, as_of or started, on_problem)
     summary.seconds = time.perf_counter() - clock

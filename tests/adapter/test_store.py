@@ -119,6 +119,20 @@ def test_an_older_version_never_overwrites_a_newer_one(engine: Engine) -> None:
     assert row.last_updated.tzinfo is UTC
 
 
+def test_a_page_is_stored_in_one_statement_with_the_same_rules(engine: Engine) -> None:
+    v9 = patient("9", "2026-03-01T10:00:00Z", phone="old")
+    v10 = patient("10", "2026-03-01T09:00:00Z", phone="new")
+    other = dict(patient("1", "2026-03-01T08:00:00Z"), id="bea")
+    # In one call, the newest copy of a resource wins whatever the order.
+    assert in_tx(engine, lambda s: store.put_resources(s, [v10, other, v9], "hapi")) == 2
+    assert in_tx(engine, lambda s: store.get_resource(s, "Patient", "ana")) == v10
+    # Again: nothing is newer, so nothing counts; a newer copy of one counts once.
+    assert in_tx(engine, lambda s: store.put_resources(s, [v9, v10, other], "hapi")) == 0
+    v11 = patient("11", "2026-03-02T09:00:00Z", phone="newest")
+    assert in_tx(engine, lambda s: store.put_resources(s, [v11, other], "hapi")) == 1
+    assert in_tx(engine, lambda s: store.put_resources(s, [], "hapi")) == 0
+
+
 def test_without_numeric_versions_lastupdated_decides(engine: Engine) -> None:
     put = store.put_resource
     later = patient("b", "2026-03-01T10:00:00Z", phone="later")
