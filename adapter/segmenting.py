@@ -111,8 +111,10 @@ class _Loader(ResourceWalker):
         stats: LoadStats,
         on_problem: ProblemSink,
         on_progress: ProgressSink | None,
+        *,
+        validated: bool = False,
     ) -> None:
-        super().__init__(stats, on_problem, on_progress)
+        super().__init__(stats, on_problem, on_progress, validated=validated)
         self.index = target
 
     def accept(self, data: dict[str, Any], where: str, full_url: str | None) -> None:
@@ -227,11 +229,12 @@ def load_index(
 
 
 def index_resources(
-    resources: Iterable[Any], on_problem: ProblemSink
+    resources: Iterable[Any], on_problem: ProblemSink, *, validated: bool = False
 ) -> tuple[ReferralIndex, LoadStats]:
-    """Index resources (or Bundles) already parsed, as the input reader would."""
+    """Index resources (or Bundles) already parsed, as the input reader would; `validated`
+    skips the base validation of resources that passed it before they were kept."""
     index, stats = ReferralIndex(), LoadStats()
-    loader = _Loader(index, stats, on_problem, None)
+    loader = _Loader(index, stats, on_problem, None, validated=validated)
     for number, item in enumerate(resources):
         loader.take(item, f"resource[{number}]")
     return index.build(), stats

@@ -144,9 +144,10 @@ def evaluate_stored(
     as_of: datetime,
     on_problem: Callable[[str, str], None],
 ) -> Evaluator:
-    """An evaluator over the stored resources."""
+    """An evaluator over the stored resources (validated by the sync before it stored them)."""
     with Session(engine) as session:
-        index, _ = index_resources(store.iter_resources(session, SYNC_TYPES), on_problem)
+        stored = store.iter_resources(session, SYNC_TYPES)
+        index, _ = index_resources(stored, on_problem, validated=True)
     return Evaluator(index, rules, as_of)
 
 

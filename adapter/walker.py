@@ -52,13 +52,20 @@ class ResourceWalker:
     """
 
     def __init__(
-        self, stats: LoadStats, on_problem: ProblemSink, on_progress: ProgressSink | None
+        self,
+        stats: LoadStats,
+        on_problem: ProblemSink,
+        on_progress: ProgressSink | None,
+        *,
+        validated: bool = False,
     ) -> None:
         # The referral model's own types appear in every practice's data: one shared validator.
         preload(RELEVANT_TYPES)
         self.stats = stats
         self.on_problem = on_problem
         self.on_progress = on_progress
+        # Resources that were validated before they were kept (the store's) are not checked again.
+        self.validated = validated
 
     def accept(self, data: dict[str, Any], where: str, full_url: str | None) -> None:
         """A readable resource (not a Bundle), where it was read, and its Bundle fullUrl."""
@@ -71,7 +78,7 @@ class ResourceWalker:
         self.stats.resources += 1
         if self.on_progress is not None and self.stats.resources % PROGRESS_EVERY == 0:
             self.on_progress(self.stats.resources)
-        issues = validate_resource(data)
+        issues = [] if self.validated else validate_resource(data)
         if issues:
             self.stats.skipped += 1
             shown = "; ".join(str(i) for i in issues[:3])
