@@ -23,40 +23,13 @@ JAVA_OPTS="${VALIDATOR_JAVA_OPTS:--Xmx1g -XX:+UseSerialGC -XX:TieredStopAtLevel=
 log() { printf 'validate.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
-require() {
-	local tool
-	for tool in "$@"; do
-		command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found on PATH (needs Java 17+ and Maven 3.8+)"
-	done
-}
-
-# True when the classes and the classpath file are newer than the pom and every source, and
-# every jar the classpath names is still in the local Maven repository.
-is_built() {
-	[[ -f "$STAMP" && -f "$CLASSPATH_FILE" ]] || return 1
-	[[ -n "$(find "$HERE/pom.xml" "$HERE/src" -newer "$STAMP" -print -quit)" ]] && return 1
-	local entry
-	local -a entries
-	IFS=: read -r -a entries <"$CLASSPATH_FILE"
-	for entry in "${entries[@]}"; do
-		[[ -e "$entry" ]] || return 1
-	done
-	return 0
-}
+# shellcheck source=SCRIPTDIR/../java-build.sh
+source "$HERE/../java-build.sh"
 
 build() {
 	require java mvn
 	is_built && return 0
-	log "building the validator (a first run downloads ~190 MB into the Maven repository)"
-	local -a goals=(compile dependency:build-classpath "-Dmdep.outputFile=$CLASSPATH_FILE")
-	# shellcheck disable=SC2086  # MAVEN_ARGS_EXTRA is a list of words on purpose
-	if ! mvn -B -q -o -Dstyle.color=never -f "$HERE/pom.xml" ${MAVEN_ARGS_EXTRA:-} "${goals[@]}" >/dev/null 2>&1; then
-		# Offline failed: something is not cached yet. Online, with Maven's own output.
-		# shellcheck disable=SC2086
-		mvn -B -q -Dstyle.color=never -f "$HERE/pom.xml" ${MAVEN_ARGS_EXTRA:-} "${goals[@]}" >&2 || die "maven build failed"
-	fi
-	touch "$STAMP"
-	log "built ($TARGET)"
+	maven_build "the validator (a first run downloads ~190 MB into the Maven repository)"
 }
 
 if [[ "${1:-}" == "build" ]]; then

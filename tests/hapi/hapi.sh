@@ -36,26 +36,8 @@ JAVA_OPTS="${HAPI_JAVA_OPTS:--Xms256m -Xmx1g -XX:+UseSerialGC -XX:TieredStopAtLe
 log() { printf 'hapi.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-require() {
-	local tool
-	for tool in "$@"; do
-		command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found on PATH (needs Java 17+, Maven 3.8+, curl)"
-	done
-}
-
-# True when the compiled classes and the classpath file are newer than the pom and every source,
-# and every jar the classpath names is still in the local Maven repository.
-is_built() {
-	[[ -f "$STAMP" && -f "$CLASSPATH_FILE" ]] || return 1
-	[[ -n "$(find "$HERE/pom.xml" "$HERE/src" -newer "$STAMP" -print -quit)" ]] && return 1
-	local entry
-	local -a entries
-	IFS=: read -r -a entries <"$CLASSPATH_FILE"
-	for entry in "${entries[@]}"; do
-		[[ -e "$entry" ]] || return 1
-	done
-	return 0
-}
+# shellcheck source=SCRIPTDIR/../java-build.sh
+source "$HERE/../java-build.sh"
 
 cmd_build() {
 	require java mvn
@@ -63,16 +45,7 @@ cmd_build() {
 		log "build is up to date ($TARGET)"
 		return 0
 	fi
-	log "building the HAPI launcher (a first run downloads ~350 MB into the Maven repository)"
-	local -a goals=(compile dependency:build-classpath "-Dmdep.outputFile=$CLASSPATH_FILE")
-	# shellcheck disable=SC2086  # MAVEN_ARGS_EXTRA is a list of words on purpose
-	if ! mvn -B -q -o -Dstyle.color=never -f "$HERE/pom.xml" ${MAVEN_ARGS_EXTRA:-} "${goals[@]}" >/dev/null 2>&1; then
-		# Offline failed: something is not cached yet. Online, with Maven's own output.
-		# shellcheck disable=SC2086
-		mvn -B -q -Dstyle.color=never -f "$HERE/pom.xml" ${MAVEN_ARGS_EXTRA:-} "${goals[@]}" >&2 || die "maven build failed"
-	fi
-	touch "$STAMP"
-	log "built ($TARGET)"
+	maven_build "the HAPI launcher (a first run downloads ~350 MB into the Maven repository)"
 }
 
 # The pid in the pid file, if that process is alive and is our launcher (not a reused pid).
