@@ -83,14 +83,14 @@ class ReferralIndex:
             beneficiary = resolve(coverage.beneficiary)
             if beneficiary:
                 coverages[beneficiary].append(coverage)
-        self.coverages_by_patient = _sorted_groups(coverages)
+        self.coverages_by_patient = dict(coverages)
         self.coverages = self._coverages
         messages: defaultdict[str, list[MessageFacts]] = defaultdict(list)
         for message in self._messages.values():
             sender = resolve(message.sender)
             if sender:
                 messages[sender].append(message)
-        self.messages_by_sender = _sorted_groups(messages)
+        self.messages_by_sender = dict(messages)
         self.records_by_referral = _by_target(self._records.values(), lambda r: r.related, resolve)
         self.forms_by_referral = _by_target(self._forms.values(), lambda f: f.based_on, resolve)
         self.appointments_by_referral = _by_target(
@@ -125,17 +125,4 @@ def _by_target(
             key = resolve(target)
             if key:
                 found[key].append(item)
-    return _sorted_groups(found)
-
-
-def _sorted_groups(groups: dict[str, list[T]]) -> dict[str, list[T]]:
-    """Each group in key order: what a referral's evaluation says must not depend on the order
-    the server or the files listed its context in."""
-    for members in groups.values():
-        members.sort(key=_key)
-    return dict(groups)
-
-
-def _key(facts: Any) -> str:
-    key: str = facts.key
-    return key
+    return dict(found)

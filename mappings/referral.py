@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import attrgetter
+from typing import TypeVar
 
 from fhir_profiles import terminology
 from mappings.business_hours import Calendar
@@ -23,6 +25,8 @@ from mappings.rules import PracticeRules
 
 __all__ = ["Evaluator", "evaluate_all"]
 
+F = TypeVar("F")
+_KEY = attrgetter("key")
 CLOSED_STATUSES = frozenset({"completed", "revoked", "entered-in-error"})
 BOOKED_APPOINTMENT = frozenset({"booked", "arrived", "checked-in", "fulfilled"})
 ACTIVE_MESSAGE = frozenset({"completed", "in-progress"})
@@ -38,6 +42,15 @@ def _name(key: str) -> str:
     """A key as a person reads it in a detail: `Coverage/c1` -> `Coverage c1`."""
     head, sep, tail = key.partition("/")
     return f"{head} {tail}" if sep and head[:1].isupper() and "/" not in tail else key
+
+
+def in_key_order(items: Iterable[F]) -> list[F]:
+    """Context in key order: what an evaluation says must not depend on the order in which the
+    server or the files listed it. Groups are mostly of one, so they are sorted where read."""
+    found = list(items)
+    if len(found) > 1:
+        found.sort(key=_KEY)
+    return found
 
 
 def _join(parts: list[str]) -> str:
@@ -85,7 +98,7 @@ class Evaluator:
                 because=f"the ServiceRequest status is {referral.status}",
                 expression="ServiceRequest.status",
             )
-        for appointment in self.index.appointments_by_referral.get(referral.key, ()):
+        for appointment in in_key_order(self.index.appointments_by_referral.get(referral.key, ())):
             if appointment.status in BOOKED_APPOINTMENT:
                 return "scheduled", Reason(
                     state="scheduled",
@@ -173,7 +186,7 @@ class Evaluator:
             if key in self.index.coverages:
                 candidates[key] = self.index.coverages[key]
         in_force, problems = [], []
-        for coverage in candidates.values():
+        for coverage in in_key_order(candidates.values()):
             problem = self._coverage_problem(coverage)
             if problem is None:
                 in_force.append(coverage)
@@ -275,7 +288,7 @@ class Evaluator:
             return [], None
         start = self.as_of - timedelta(days=self.rules.patient_active.window_days)
         reasons, latest = [], None
-        for message in self.index.messages_by_sender.get(subject, ()):
+        for message in in_key_order(self.index.messages_by_sender.get(subject, ())):
             if not self._message_counts(message, referral, start):
                 continue
             assert message.sent is not None
@@ -290,7 +303,7 @@ class Evaluator:
                     expression=message.sent_path or "Communication.sent",
                 )
             )
-        for form in self.index.forms_by_referral.get(referral.key, ()):
+        for form in in_key_order(self.index.forms_by_referral.get(referral.key, ())):
             if (
                 form.status == "completed"
                 and subject in [self.index.resolve(a) for a in form.authors]
