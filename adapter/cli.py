@@ -25,6 +25,7 @@ EXIT_UNREADABLE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE
 TOKEN_VARIABLE = "REFERRAL_ADAPTER_FHIR_TOKEN"
 DEFAULT_DB = "sqlite:///referral-adapter.db"
+DEFAULT_OVERLAP_SECONDS = 300  # adapter.sync.OVERLAP; a test keeps the two equal
 
 
 def parse_as_of(text: str) -> datetime:
@@ -36,6 +37,20 @@ def parse_as_of(text: str) -> datetime:
             f"--as-of {text!r}: not an ISO 8601 date or date-time (e.g. 2026-12-03T09:00:00Z)"
         ) from None
     return as_utc(moment)
+
+
+def report(where: str, message: str) -> None:
+    """One problem with the input or the server, on stderr: where, and what (never a value)."""
+    sys.stderr.write(f"{PROG}: {where}: {message}\n")
+
+
+def _fhir_client(base_url: str, http: Any) -> Any:
+    """A FHIR client on a base URL, with the bearer token from the environment if one is set."""
+    from adapter.fhir_client import FhirClient
+    from adapter.smart_auth import BearerToken
+
+    token = os.environ.get(TOKEN_VARIABLE)
+    return FhirClient(base_url, http, BearerToken(token) if token else None)
 
 
 def _progress_printer(stream: TextIO, what: str) -> Callable[[int], None] | None:
@@ -53,9 +68,6 @@ def _progress_printer(stream: TextIO, what: str) -> Callable[[int], None] | None
 def _segment(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)
     as_of = args.as_of or datetime.now(UTC)
-
-    def report(where: str, message: str) -> None:
-        sys.stderr.write(f"{PROG}: {where}: {message}\n")
 
     progress = _progress_printer(sys.stderr, "resources read")
     with bulk_allocation():
@@ -97,18 +109,12 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from adapter.fhir_client import FhirClient
     from adapter.http_policy import make_http_client
     from adapter.loading import load_input
-    from adapter.smart_auth import BearerToken
 
-    def report(where: str, message: str) -> None:
-        sys.stderr.write(f"{PROG}: {where}: {message}\n")
-
-    token = os.environ.get(TOKEN_VARIABLE)
     progress = _progress_printer(sys.stderr, "resources written")
     with make_http_client() as http:
-        client = FhirClient(args.fhir_base, http, BearerToken(token) if token else None)
+        client = _fhir_client(args.fhir_base, http)
         result = load_input(args.input, client, report, progress, args.batch_size)
     if progress is not None:
         sys.stderr.write("\n")
@@ -129,15 +135,10 @@ def _engine(url: str) -> Any:
 
 def _sync(args: argparse.Namespace) -> int:
     from adapter.errors import TemporaryServerError
-    from adapter.fhir_client import FhirClient
     from adapter.http_policy import make_http_client
-    from adapter.smart_auth import BearerToken
     from adapter.sync import run_sync
 
     rules = load_rules(args.rules)
-
-    def report(where: str, message: str) -> None:
-        sys.stderr.write(f"{PROG}: {where}: {message}\n")
 
     shown = _progress_printer(sys.stderr, "resources fetched")
 
@@ -146,9 +147,8 @@ def _sync(args: argparse.Namespace) -> int:
             shown(fetched)
 
     engine = _engine(args.db)
-    token = os.environ.get(TOKEN_VARIABLE)
     with make_http_client() as http:
-        client = FhirClient(args.fhir_base, http, BearerToken(token) if token else None)
+        client = _fhir_client(args.fhir_base, http)
         while True:
             try:
                 with bulk_allocation():
@@ -199,8 +199,6 @@ def _referrals(args: argparse.Namespace) -> int:
     if args.as_of is not None:
         # Evaluated afresh from the stored resources and printed; the store is left as it is
         # (it keeps the picture of the latest sync).
-        def report(where: str, message: str) -> None:
-            sys.stderr.write(f"{PROG}: {where}: {message}\n")
 
         with bulk_allocation():
             evaluator = evaluate_stored(engine, load_rules(args.rules), args.as_of, report)
@@ -317,9 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--overlap-seconds",
         type=_count,
-        default=300,
+        default=DEFAULT_OVERLAP_SECONDS,
         metavar="S",
-        help="re-read this much before the cursor, for clock skew and late commits (default 300)",
+        help="re-read this much before the cursor, for clock skew and late commits "
+        f"(default {DEFAULT_OVERLAP_SECONDS})",
     )
     sync.add_argument(
         "--every",

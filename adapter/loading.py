@@ -119,23 +119,18 @@ def load_input(
     reported and skipped."""
     uploader = _Uploader(server, on_problem, on_progress, batch_size)
     stats = uploader.result.stats
-
-    def unreadable(where: str, message: str) -> None:
-        stats.skipped += 1
-        on_problem(where, message)
-
     files = _files(path)
     if files is None:
         gather = _Gather(stats, on_problem)
-        for raw in read_input(path, unreadable):
+        for raw in read_input(path, gather.unreadable):
             gather.take(raw.data, raw.where)
         uploader.send(gather)
         return uploader.result
     if not files:
-        list(read_input(path, unreadable))  # raises the usual "no data files" error
+        list(read_input(path, on_problem))  # raises the usual "no data files" error
     for file in files:  # one type per file in a Bulk Data export: memory holds one file
         gather = _Gather(stats, on_problem)
-        for raw in read_directory_file(file, unreadable):
+        for raw in read_directory_file(file, gather.unreadable):
             gather.take(raw.data, raw.where)
         uploader.send(gather)
     return uploader.result

@@ -143,13 +143,7 @@ def _read_files(files: list[Path], on_progress: ProgressSink | None) -> list[_Co
     for file in files:
         collected = _Collected()
         loader = _Loader(collected, collected.stats, collected.report, progress)
-
-        def unreadable(where: str, message: str, collected: _Collected = collected) -> None:
-            # A line or file that is not JSON is an unreadable resource too.
-            collected.stats.skipped += 1
-            collected.report(where, message)
-
-        for raw in read_directory_file(file, unreadable):
+        for raw in read_directory_file(file, loader.unreadable):
             loader.take(raw.data, raw.where)
         found.append(collected)
         done += collected.stats.resources
@@ -204,13 +198,7 @@ def load_index(
     index, stats = ReferralIndex(), LoadStats()
     if workers == 0:
         loader = _Loader(index, stats, on_problem, on_progress)
-
-        def unreadable(where: str, message: str) -> None:
-            # A line or file that is not JSON is an unreadable resource too.
-            stats.skipped += 1
-            on_problem(where, message)
-
-        for raw in read_input(path, unreadable):
+        for raw in read_input(path, loader.unreadable):
             loader.take(raw.data, raw.where)
         return index.build(), stats
 

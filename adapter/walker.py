@@ -67,6 +67,11 @@ class ResourceWalker:
         # Resources that were validated before they were kept (the store's) are not checked again.
         self.validated = validated
 
+    def unreadable(self, where: str, message: str) -> None:
+        """A line or file that is not JSON: an unreadable resource too (for the input reader)."""
+        self.stats.skipped += 1
+        self.on_problem(where, message)
+
     def accept(self, data: dict[str, Any], where: str, full_url: str | None) -> None:
         """A readable resource (not a Bundle), where it was read, and its Bundle fullUrl."""
         raise NotImplementedError

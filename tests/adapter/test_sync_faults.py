@@ -238,3 +238,10 @@ def test_the_worker_outlives_a_bad_round(
     assert summaries[0]["quarantined"] == 1
     assert summaries[0]["referrals"] == 1
     assert rounds == [30, 30]
+
+
+def test_the_command_line_overlap_default_is_the_sync_default() -> None:
+    from adapter.cli import DEFAULT_OVERLAP_SECONDS
+    from adapter.sync import OVERLAP
+
+    assert OVERLAP.total_seconds() == DEFAULT_OVERLAP_SECONDS
