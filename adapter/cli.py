@@ -26,6 +26,7 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE
 TOKEN_VARIABLE = "REFERRAL_ADAPTER_FHIR_TOKEN"
 DEFAULT_DB = "sqlite:///referral-adapter.db"
 DEFAULT_OVERLAP_SECONDS = 300  # adapter.sync.OVERLAP; a test keeps the two equal
+DEFAULT_PAGE_SIZE = 100  # adapter.sync.PAGE_SIZE; the same test
 
 
 def parse_as_of(text: str) -> datetime:
@@ -139,12 +140,13 @@ def _sync(args: argparse.Namespace) -> int:
     from adapter.sync import run_sync
 
     rules = load_rules(args.rules)
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
 
-    shown = _progress_printer(sys.stderr, "resources fetched")
-
-    def progress(resource_type: str, fetched: int) -> None:
-        if shown is not None:
-            shown(fetched)
+    def on_event(event: dict[str, Any]) -> None:
+        if args.json:
+            _json_line(event)
+        if bar is not None:
+            bar.show(event)
 
     engine = _engine(args.db)
     with make_http_client() as http:
@@ -157,33 +159,87 @@ def _sync(args: argparse.Namespace) -> int:
                         engine,
                         rules,
                         on_problem=report,
-                        on_progress=progress,
+                        on_event=on_event,
                         as_of=args.as_of,
                         overlap=timedelta(seconds=args.overlap_seconds),
+                        page_size=args.page_size,
                     )
             except TemporaryServerError as error:
                 if args.every is None:
                     raise
                 # A worker outlives a server's bad minutes: say so, and try at the next round.
+                if bar is not None:
+                    bar.end()
                 sys.stderr.write(f"{PROG}: sync failed, next try in {args.every} s: {error}\n")
+                if args.json:
+                    _json_line({"event": "failed", "error": str(error), "retry_in": args.every})
             else:
-                _sync_report(summary, args.json, shown is not None)
+                if bar is not None:
+                    bar.end()
+                _sync_report(summary, args.json)
             if args.every is None:
                 return 0
             time.sleep(args.every)
 
 
-def _sync_report(summary: Any, as_json: bool, progress_shown: bool) -> None:
-    if progress_shown:
-        sys.stderr.write("\n")
+def _json_line(event: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+class ProgressBar:
+    """One line on a terminal, redrawn per page: the step, a bar when the server gave a total
+    (of matches: the referral query's pages carry their context besides), and the counts."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.drawn = False
+        self.done: dict[tuple[str, str], int] = {}
+
+    def show(self, event: dict[str, Any]) -> None:
+        if event.get("event") != "page":
+            return
+        step = (event["step"], event["type"])
+        done = self.done[step] = self.done.get(step, 0) + int(event["matches"])
+        total = event.get("total")
+        shown = f"{step[0]} {step[1]}"
+        if isinstance(total, int) and total > 0:
+            filled = round(self.WIDTH * min(done, total) / total)
+            shown += f" [{'#' * filled}{'.' * (self.WIDTH - filled)}]"
+        self.stream.write(
+            f"\r{PROG}: {shown} fetched {event['fetched']:,}, changed {event['changed']:,}\x1b[K"
+        )
+        self.stream.flush()
+        self.drawn = True
+
+    def end(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.drawn = False
+        self.done.clear()
+
+
+def _sync_report(summary: Any, as_json: bool) -> None:
     for note in summary.notes:
         sys.stderr.write(f"{PROG}: note: {note}\n")
     if as_json:
-        fields = ("fetched", "changed", "quarantined", "referrals", "moved", "by_type")
-        line = {name: getattr(summary, name) for name in fields}
+        fields = (
+            "fetched",
+            "changed",
+            "deleted",
+            "quarantined",
+            "requests",
+            "referrals",
+            "moved",
+            "removed",
+            "by_type",
+            "notes",
+        )
+        line = {"event": "summary", **{name: getattr(summary, name) for name in fields}}
         line["seconds"] = round(summary.seconds, 3)
-        sys.stdout.write(json.dumps(line) + "\n")
-        sys.stdout.flush()
+        _json_line(line)
     else:
         sys.stderr.write(f"{PROG}: sync: {summary.line()}\n")
 
@@ -310,7 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate at this instant (default: when the sync started)",
     )
     sync.add_argument(
-        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+        "--json",
+        action="store_true",
+        help='JSON lines on stdout: one per page stored (event "page"), then "evaluated" '
+        'and a "summary"',
+    )
+    sync.add_argument(
+        "--page-size",
+        type=_positive,
+        default=DEFAULT_PAGE_SIZE,
+        metavar="N",
+        help=f"_count of each search (default {DEFAULT_PAGE_SIZE}); a server may give fewer",
     )
     sync.add_argument(
         "--overlap-seconds",

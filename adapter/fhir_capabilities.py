@@ -130,7 +130,14 @@ class Capabilities:
     def supports_include(self, resource_type: str, include: str) -> bool:
         """Whether `_include=<include>` (e.g. `ServiceRequest:subject`) is offered on the type."""
         found = self.resources.get(resource_type)
-        return found is not None and (include in found.includes or "*" in found.includes)
+        if found is None:
+            return False
+        if include in found.includes:
+            return True
+        # `*` offers every include a search parameter exists for: ServiceRequest:insurance,
+        # for one, is no R4 search parameter, so a server listing `*` still refuses it.
+        source, _, param = include.partition(":")
+        return "*" in found.includes and self.supports_search(source, param.split(":")[0])
 
     def supports_revinclude(self, resource_type: str, revinclude: str) -> bool:
         """Whether `_revinclude=<revinclude>` (e.g. `Appointment:based-on`) is offered."""

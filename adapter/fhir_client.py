@@ -122,7 +122,14 @@ class FhirClient:
 
     def search(self, resource_type: str, params: SearchParams = ()) -> Iterator[JsonObject]:
         """Each searchset Bundle page, following next links on this server only, never twice."""
-        url = self._url(resource_type)
+        return self._pages(self._url(resource_type), params)
+
+    def history(self, resource_type: str, params: SearchParams = ()) -> Iterator[JsonObject]:
+        """Each page of the type's history Bundle (`Type/_history`, e.g. with `_since`): every
+        version written, deletions included, newest first on most servers."""
+        return self._pages(self._url(resource_type, "_history"), params)
+
+    def _pages(self, url: str, params: SearchParams) -> Iterator[JsonObject]:
         query = _query_pairs(params)
         if query:
             url = f"{url}?{urlencode(query)}"

@@ -36,17 +36,23 @@ __all__ = [
     "SegmentChange",
     "StoredResource",
     "advance_cursor",
+    "existing_keys",
     "get_cursor",
     "get_resource",
     "history",
     "iter_resources",
     "list_quarantine",
     "make_engine",
+    "mark_deleted",
     "put_resource",
+    "put_resources",
     "quarantine",
     "release_quarantine",
+    "remove_referrals",
     "save_evaluation",
     "stored_evaluation",
+    "stored_evaluations",
+    "stored_keys",
     "upgrade",
 ]
 
@@ -148,6 +154,7 @@ def _row(resource: dict[str, Any], source: str, now: datetime) -> dict[str, Any]
         "source": source,
         "body": resource,
         "stored_at": now,
+        "deleted": False,
     }
 
 
@@ -158,9 +165,43 @@ def put_resources(session: Session, resources: list[dict[str, Any]], source: str
     of a sync's own time). The same resource twice in one call keeps its newest copy.
     """
     now = _now()
+    return _upsert(session, [_row(resource, source, now) for resource in resources])
+
+
+def mark_deleted(
+    session: Session,
+    deletions: Iterable[tuple[str, str, str | None, datetime | None]],
+    source: str,
+) -> int:
+    """Tombstones for resources deleted on the server: (type, id, versionId, when deleted).
+
+    A tombstone replaces the stored copy under the same rule as a new version (a higher
+    versionId, else a later time), so that an older copy read afterwards cannot bring the
+    resource back, and the resource no longer counts (`iter_resources` skips it). How many
+    stored resources it removed.
+    """
+    now = _now()
+    rows = []
+    for resource_type, resource_id, version_id, when in deletions:
+        rows.append(
+            {
+                "resource_type": resource_type,
+                "id": resource_id,
+                "version_id": version_id,
+                "version_num": int(version_id) if version_id and version_id.isdigit() else None,
+                "last_updated": _aware(when) if when is not None else None,
+                "source": source,
+                "body": {"resourceType": resource_type, "id": resource_id},
+                "stored_at": now,
+                "deleted": True,
+            }
+        )
+    return _upsert(session, rows)
+
+
+def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for resource in resources:
-        row = _row(resource, source, now)
+    for row in all_rows:
         key = (row["resource_type"], row["id"])
         if key not in rows or _newer(row, rows[key]):
             rows[key] = row
@@ -175,7 +216,15 @@ def put_resources(session: Session, resources: list[dict[str, Any]], source: str
         and_(~both_numbered, both_dated, new.last_updated > old.last_updated),
         and_(~both_numbered, ~both_dated, new.body != old.body),
     )
-    columns = ("version_id", "version_num", "last_updated", "source", "body", "stored_at")
+    columns = (
+        "version_id",
+        "version_num",
+        "last_updated",
+        "source",
+        "body",
+        "stored_at",
+        "deleted",
+    )
     stmt = stmt.on_conflict_do_update(
         index_elements=["resource_type", "id"],
         set_={key: stmt.excluded[key] for key in columns},
@@ -197,7 +246,9 @@ def get_resource(session: Session, resource_type: str, resource_id: str) -> dict
     """The stored body of one resource, or None."""
     body: dict[str, Any] | None = session.execute(
         select(StoredResource.body).where(
-            StoredResource.resource_type == resource_type, StoredResource.id == resource_id
+            StoredResource.resource_type == resource_type,
+            StoredResource.id == resource_id,
+            StoredResource.deleted.is_(False),
         )
     ).scalar_one_or_none()
     return body
@@ -206,11 +257,45 @@ def get_resource(session: Session, resource_type: str, resource_id: str) -> dict
 def iter_resources(
     session: Session, types: Iterable[str] | None = None, batch: int = 1000
 ) -> Iterator[dict[str, Any]]:
-    """The stored bodies, by type and id, optionally of the given types only; streamed."""
-    stmt = select(StoredResource.body).order_by(StoredResource.resource_type, StoredResource.id)
+    """The stored bodies (tombstones left out), by type and id, optionally of the given types
+    only; streamed."""
+    stmt = (
+        select(StoredResource.body)
+        .where(StoredResource.deleted.is_(False))
+        .order_by(StoredResource.resource_type, StoredResource.id)
+    )
     if types is not None:
         stmt = stmt.where(StoredResource.resource_type.in_(list(types)))
     yield from session.execute(stmt.execution_options(yield_per=batch)).scalars()
+
+
+def stored_keys(session: Session, types: Iterable[str]) -> set[str]:
+    """`Type/id` of every stored (not deleted) resource of the given types."""
+    rows = session.execute(
+        select(StoredResource.resource_type, StoredResource.id).where(
+            StoredResource.resource_type.in_(list(types)), StoredResource.deleted.is_(False)
+        )
+    )
+    return {f"{resource_type}/{resource_id}" for resource_type, resource_id in rows}
+
+
+def existing_keys(session: Session, keys: Iterable[str]) -> set[str]:
+    """Which of the given `Type/id` keys the store holds (not deleted)."""
+    by_type: dict[str, list[str]] = {}
+    for key in keys:
+        resource_type, _, resource_id = key.partition("/")
+        by_type.setdefault(resource_type, []).append(resource_id)
+    found: set[str] = set()
+    for resource_type, ids in by_type.items():
+        rows = session.execute(
+            select(StoredResource.id).where(
+                StoredResource.resource_type == resource_type,
+                StoredResource.id.in_(ids),
+                StoredResource.deleted.is_(False),
+            )
+        ).scalars()
+        found.update(f"{resource_type}/{resource_id}" for resource_id in rows)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +374,44 @@ def _record_change(
             reasons=[reason.to_json() for reason in evaluation.reasons],
         )
     )
+
+
+REMOVED = "removed"  # the to_state of a history row whose referral left the store
+
+
+def remove_referrals(session: Session, present: set[str], as_of: datetime) -> int:
+    """Drop the stored referrals whose key is not in `present` (their ServiceRequest was
+    deleted on the server, or the practice rules no longer count it), each with a history row
+    to the state "removed"; how many."""
+    as_of = _aware(as_of)
+    rows = session.execute(
+        select(Referral.key, Referral.state, Referral.segments, Referral.primary_segment)
+    ).all()
+    gone = [row for row in rows if row.key not in present]
+    for row in gone:
+        session.execute(
+            _insert(session)(SegmentChange).values(
+                referral_key=row.key,
+                from_state=row.state,
+                to_state=REMOVED,
+                from_segments=row.segments,
+                to_segments=[],
+                from_primary=row.primary_segment,
+                to_primary=None,
+                as_of=as_of,
+                reasons=[
+                    {
+                        "state": REMOVED,
+                        "because": "the ServiceRequest is gone from the server (deleted), or "
+                        "the practice rules no longer count it as a referral",
+                        "expression": "ServiceRequest",
+                    }
+                ],
+            )
+        )
+    if gone:
+        session.execute(delete(Referral).where(Referral.key.in_([row.key for row in gone])))
+    return len(gone)
 
 
 def stored_evaluation(session: Session, referral_key: str) -> dict[str, Any] | None:

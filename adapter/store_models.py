@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text, false
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -58,7 +58,7 @@ class Base(DeclarativeBase):
 
 
 class StoredResource(Base):
-    """The latest version seen of one FHIR resource."""
+    """The latest version seen of one FHIR resource, or its tombstone once deleted."""
 
     __tablename__ = "resource"
 
@@ -71,6 +71,8 @@ class StoredResource(Base):
     source: Mapped[str] = mapped_column(Text)
     body: Mapped[dict[str, Any]]
     stored_at: Mapped[datetime]
+    # A tombstone: deleted on the server at version_id / last_updated (body keeps type and id).
+    deleted: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
 
 
 class Referral(Base):

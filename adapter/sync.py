@@ -1,22 +1,42 @@
 """`referral-adapter sync`: keep the store in step with an EHR's FHIR server, incrementally.
 
-Every type the referral model reads is fetched by its own `_lastUpdated` cursor, so a change to
-context (a new Coverage, a patient's message, a booked Appointment, a corrected Patient) is seen
-even when the ServiceRequest did not change. Each page is stored in one transaction together with
-its cursor, so a sync killed at any point resumes where its last stored page ended; the cursor
-never moves past the instant the sync started, and each sync re-reads an overlap window before
-its cursor, for clock skew and for commits that became visible late. Re-reading is harmless: the
-store keeps the newest version of each resource. Resources the base definition refuses are
-quarantined with their reason (element paths, no values) and the rest are stored.
+An EHR holds far more Patients, Appointments and Communications than it has referrals, so the
+sync never reads whole types. It reads what the referral model needs, starting from the
+referrals:
 
-After fetching, every referral is evaluated from what the store holds and saved; a change of
+1. **Referrals.** `ServiceRequest` by its `_lastUpdated` cursor, sorted, with `_include` of the
+   subject, requester and insurance and `_revinclude` of the resources that point at a referral
+   (Communication, Appointment, DocumentReference, QuestionnaireResponse; `TIES`). For each page
+   it then asks for the patients' Coverages and the messages they sent, each in one query per
+   page (`beneficiary=` / `sender=` with the page's patients). What the server's
+   CapabilityStatement does not offer is fetched by separate queries instead: `Type?based-on=`
+   for a missing `_revinclude`, `Type?_id=` for a reference no `_include` brought (including the
+   organization and practitioner of a PractitionerRole).
+2. **Changes to context.** A new Coverage, a patient's message, a booked Appointment or a
+   corrected Patient must move a referral whose ServiceRequest did not change. Each context type
+   has its own cursor; from the second sync on, the type's history since its cursor
+   (`Type/_history?_since=`) is read, or its search by `_lastUpdated` where the server offers no
+   history. Only what ties to a stored referral or patient is kept (the same ties as in 1).
+3. **Deletions.** History entries that delete a stored resource leave a tombstone in the store;
+   a referral whose ServiceRequest is gone leaves the store with a history row. Entered-in-error
+   resources are read like any other and the referral model ignores them.
+
+Each page is stored in one transaction together with its cursor, so a sync killed at any point
+resumes where its last stored page ended. Cursors never move past the instant the sync started,
+and each sync re-reads an overlap window before them, for clock skew and for commits that became
+visible late; re-reading is harmless because the store keeps the newest version of each resource.
+Resources the base definition refuses are quarantined with their reason (element paths, no
+values) and the rest are stored.
+
+Afterwards every stored referral is evaluated at `as_of` (time moves every referral's age and
+due date, so all are evaluated, not only those whose resources changed) and saved; a change of
 state or segments is appended to the segment history.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,12 +49,26 @@ from adapter.fhir_client import FhirClient
 from adapter.segmenting import index_resources
 from mappings.base_validation import validate_resource
 from mappings.fhirtime import parse_instant
+from mappings.references import reference_key
 from mappings.referral import Evaluator
 from mappings.rules import PracticeRules
 
-__all__ = ["SYNC_TYPES", "SyncSummary", "evaluate_store", "evaluate_stored", "run_sync"]
+__all__ = [
+    "CONTEXT_TYPES",
+    "SYNC_TYPES",
+    "TIES",
+    "SyncSummary",
+    "Tie",
+    "evaluate_store",
+    "evaluate_stored",
+    "run_sync",
+]
 
-# The types the referral model reads, context before referrals.
+JSON = dict[str, Any]
+Event = dict[str, Any]
+OnEvent = Callable[[Event], None]
+
+# The types the referral model reads.
 SYNC_TYPES = (
     "Organization",
     "Practitioner",
@@ -47,12 +81,46 @@ SYNC_TYPES = (
     "Communication",
     "Appointment",
 )
-PAGE_SIZE = 200
+CONTEXT_TYPES = tuple(t for t in SYNC_TYPES if t != "ServiceRequest")
+# Matches per page. The referral query's includes come on top of these (about five resources
+# per referral with synth data), and HAPI loads at most 1,000 included resources per page by
+# default (JpaStorageSettings.maximumIncludesToLoadPerPage), so 100 keeps well inside it.
+PAGE_SIZE = 100
+# References per `_id=` / `based-on=` / `sender=` query: about 2 KB of URL, which every server
+# and proxy we know of accepts.
+BATCH = 100
 # Re-read this much before the cursor: server clocks drift and a transaction that started before
 # our last page may commit (and become searchable) after it.
 OVERLAP = timedelta(minutes=5)
 
-Progress = Callable[[str, int], None]
+INCLUDES = ("ServiceRequest:subject", "ServiceRequest:requester", "ServiceRequest:insurance")
+
+
+@dataclass(frozen=True, slots=True)
+class Tie:
+    """A context resource that matters because one of its references points at a referral or
+    at a referral's patient: the element, its search parameter, and the type pointed at."""
+
+    type: str
+    element: str
+    param: str
+    target: str
+
+
+TIES = (
+    Tie("Coverage", "beneficiary", "beneficiary", "Patient"),
+    Tie("Communication", "sender", "sender", "Patient"),
+    Tie("Communication", "basedOn", "based-on", "ServiceRequest"),
+    Tie("Appointment", "basedOn", "based-on", "ServiceRequest"),
+    Tie("QuestionnaireResponse", "basedOn", "based-on", "ServiceRequest"),
+    Tie("DocumentReference", "context.related", "related", "ServiceRequest"),
+)
+# References the model follows from a resource to its context: fetched when no include brought
+# them.
+WANTED = {
+    "ServiceRequest": ("subject", "requester", "insurance"),
+    "PractitionerRole": ("organization", "practitioner"),
+}
 
 
 @dataclass(slots=True)
@@ -62,80 +130,412 @@ class SyncSummary:
     fetched: int = 0
     changed: int = 0
     quarantined: int = 0
+    deleted: int = 0
+    requests: int = 0
     referrals: int = 0
     moved: int = 0
+    removed: int = 0
     seconds: float = 0.0
     by_type: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        removed = f", {self.removed} removed" if self.removed else ""
         return (
-            f"fetched {self.fetched}, changed {self.changed}, quarantined {self.quarantined}, "
-            f"referrals {self.referrals} ({self.moved} moved), {self.seconds:.1f} s"
+            f"fetched {self.fetched}, changed {self.changed}, deleted {self.deleted}, "
+            f"quarantined {self.quarantined}, referrals {self.referrals} "
+            f"({self.moved} moved{removed}), {self.requests} requests, {self.seconds:.1f} s"
         )
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
 
 def _instant(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _matches(page: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _key(resource: JSON) -> str | None:
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    if isinstance(rtype, str) and isinstance(rid, str) and rid:
+        return f"{rtype}/{rid}"
+    return None
+
+
+def _references(resource: JSON, path: str) -> Iterator[str]:
+    """The `Type/id` keys of the references at a dotted element path (lists flattened)."""
+    values: list[Any] = [resource]
+    for name in path.split("."):
+        found: list[Any] = []
+        for value in values:
+            if isinstance(value, dict):
+                item = value.get(name)
+                found.extend(item if isinstance(item, list) else [item])
+        values = found
+    for value in values:
+        key = reference_key(value)
+        if key is not None and key.count("/") == 1 and not key.startswith("urn:"):
+            yield key
+
+
+def _entries(page: JSON) -> Iterator[tuple[str, JSON]]:
+    """(search mode, resource) of a searchset page."""
     for entry in page.get("entry") or ():
-        mode = (entry.get("search") or {}).get("mode", "match")
-        resource = entry.get("resource")
-        if mode == "match" and isinstance(resource, dict):
-            yield resource
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            yield (entry.get("search") or {}).get("mode", "match"), resource
 
 
-def _sync_type(
-    client: FhirClient,
-    engine: Engine,
-    resource_type: str,
-    *,
-    base_url: str,
-    started: datetime,
-    summary: SyncSummary,
-    on_progress: Progress | None,
-    overlap: timedelta,
-) -> None:
-    capabilities = client.capabilities()
-    with Session(engine) as session:
-        cursor = store.get_cursor(session, base_url, resource_type)
-    params: list[tuple[str, str]] = [("_count", str(PAGE_SIZE))]
-    # Sorted pages let the cursor advance page by page; unsorted, only when the type is done.
-    sorted_pages = capabilities.supports_search(resource_type, "_sort")
-    if sorted_pages:
-        params.append(("_sort", "_lastUpdated"))
-    else:
-        summary.notes.append(f"{resource_type}: the server cannot sort by _lastUpdated")
-    if cursor is not None:
-        params.append(("_lastUpdated", f"ge{_instant(cursor - overlap)}"))
-    newest: datetime | None = None
-    for page in client.search(resource_type, params):
-        with Session(engine) as session, session.begin():
+def _updated(resource: JSON) -> datetime | None:
+    meta = resource.get("meta")
+    return parse_instant(meta.get("lastUpdated")) if isinstance(meta, dict) else None
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None or b is None:
+        return a or b
+    return max(a, b)
+
+
+def _deletion(entry: JSON) -> tuple[str, str, str | None, datetime | None] | None:
+    """(type, id, versionId, when) of a history entry that deletes, else None."""
+    request = entry.get("request")
+    if not isinstance(request, dict) or request.get("method") != "DELETE":
+        return None
+    response = entry.get("response")
+    if not isinstance(response, dict):
+        response = {}
+    where = request.get("url") if isinstance(request.get("url"), str) else entry.get("fullUrl")
+    if not isinstance(where, str):
+        return None
+    parts = where.split("?", 1)[0].rstrip("/").split("/")
+    version = None
+    if "_history" in parts:
+        at = parts.index("_history")
+        version = parts[at + 1] if at + 1 < len(parts) else None
+        parts = parts[:at]
+    if len(parts) < 2:
+        return None
+    etag = response.get("etag") if isinstance(response.get("etag"), str) else None
+    if version is None and etag:
+        version = etag.removeprefix("W/").strip('"') or None
+    when = parse_instant(response.get("lastModified"))
+    return parts[-2], parts[-1], version, when
+
+
+class _Run:
+    """One sync: the client, the store, its start, and what it has asked for so far."""
+
+    def __init__(
+        self,
+        client: FhirClient,
+        engine: Engine,
+        *,
+        started: datetime,
+        overlap: timedelta,
+        page_size: int,
+        summary: SyncSummary,
+        on_event: OnEvent | None,
+    ) -> None:
+        self.client = client
+        self.engine = engine
+        self.base_url = client.base_url
+        self.started = started
+        self.overlap = overlap
+        self.page_size = page_size
+        self.summary = summary
+        self.on_event = on_event
+        self.capabilities = client.capabilities()
+        self.asked: set[str] = set()  # keys already asked for by `_id` (dangling ones once)
+        self._known: set[str] | None = None
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    def _pages(self, pages: Iterable[JSON]) -> Iterator[JSON]:
+        for page in pages:
+            self.summary.requests += 1
+            yield page
+
+    def _search(self, resource_type: str, params: list[tuple[str, str]]) -> Iterator[JSON]:
+        return self._pages(self.client.search(resource_type, params))
+
+    def _by_reference(self, tie: Tie, targets: Sequence[str]) -> list[JSON]:
+        """The resources of `tie.type` whose `tie.param` points at any of `targets`."""
+        if not targets:
+            return []
+        if not self.capabilities.supports_search(tie.type, tie.param):
+            self.summary.note(
+                f"{tie.type}: the server offers no search by {tie.param}, so {tie.type} "
+                f"resources tied to a referral by {tie.element} are not fetched"
+            )
+            return []
+        found: list[JSON] = []
+        for start in range(0, len(targets), BATCH):
+            batch = ",".join(targets[start : start + BATCH])
+            params = [(tie.param, batch), ("_count", str(self.page_size))]
+            for page in self._search(tie.type, params):
+                found.extend(r for mode, r in _entries(page) if mode == "match")
+        return found
+
+    def _resolve(self, resources: list[JSON]) -> list[JSON]:
+        """Fetch by `_id` the context the given resources refer to that neither the pages nor
+        the store hold (twice over: a fetched PractitionerRole brings its organization)."""
+        have = {key for key in map(_key, resources) if key}
+        added: list[JSON] = []
+        newest = resources
+        for _ in range(2):
+            wanted = {
+                key
+                for resource in newest
+                for path in WANTED.get(resource.get("resourceType", ""), ())
+                for key in _references(resource, path)
+                if key.split("/", 1)[0] in CONTEXT_TYPES
+            }
+            wanted -= have | self.asked
+            if wanted:
+                with Session(self.engine) as session:
+                    wanted -= store.existing_keys(session, wanted)
+            if not wanted:
+                break
+            self.asked |= wanted
+            newest = []
+            by_type: dict[str, list[str]] = {}
+            for key in sorted(wanted):
+                rtype, rid = key.split("/", 1)
+                by_type.setdefault(rtype, []).append(rid)
+            for rtype, ids in by_type.items():
+                for start in range(0, len(ids), BATCH):
+                    params = [("_id", ",".join(ids[start : start + BATCH]))]
+                    for page in self._search(rtype, params):
+                        newest.extend(r for mode, r in _entries(page) if mode == "match")
+            have |= {key for key in map(_key, newest) if key}
+            added.extend(newest)
+        return added
+
+    # -- storing -------------------------------------------------------------------------------
+
+    def _store(
+        self,
+        resources: list[JSON],
+        *,
+        cursor: tuple[str, datetime | None] | None = None,
+        deletions: Sequence[tuple[str, str, str | None, datetime | None]] = (),
+        first_cursors: tuple[Sequence[str], datetime] | None = None,
+    ) -> None:
+        """One transaction: the readable resources, the tombstones and the cursor (and, with
+        the first page of referrals, the first cursors of the context types)."""
+        summary = self.summary
+        with Session(self.engine) as session, session.begin():
             readable = []
-            for resource in _matches(page):
+            for resource in resources:
+                rtype = resource.get("resourceType")
+                rtype = rtype if isinstance(rtype, str) else "?"
                 summary.fetched += 1
-                summary.by_type[resource_type] = summary.by_type.get(resource_type, 0) + 1
+                summary.by_type[rtype] = summary.by_type.get(rtype, 0) + 1
                 issues = validate_resource(resource)
                 rid = resource.get("id") if isinstance(resource.get("id"), str) else None
                 if issues or rid is None:
                     reason = "; ".join(str(i) for i in issues[:3]) or "no id"
-                    store.quarantine(session, base_url, resource_type, rid, reason)
+                    store.quarantine(session, self.base_url, rtype, rid, reason)
                     summary.quarantined += 1
                     continue
                 readable.append(resource)
-                updated = parse_instant((resource.get("meta") or {}).get("lastUpdated"))
-                if updated is not None and (newest is None or updated > newest):
-                    newest = updated
-            summary.changed += store.put_resources(session, readable, base_url)
-            if sorted_pages and newest is not None:
-                store.advance_cursor(session, base_url, resource_type, min(newest, started))
-        if on_progress is not None:
-            on_progress(resource_type, summary.fetched)
-    if not sorted_pages and newest is not None:
-        with Session(engine) as session, session.begin():
-            store.advance_cursor(session, base_url, resource_type, min(newest, started))
+            summary.changed += store.put_resources(session, readable, self.base_url)
+            if deletions:
+                summary.deleted += store.mark_deleted(session, deletions, self.base_url)
+            if first_cursors is not None:
+                for resource_type in first_cursors[0]:
+                    store.advance_cursor(session, self.base_url, resource_type, first_cursors[1])
+            if cursor is not None and cursor[1] is not None:
+                store.advance_cursor(
+                    session, self.base_url, cursor[0], min(cursor[1], self.started)
+                )
+        self._known = None
+
+    def _emit(self, step: str, resource_type: str, page: JSON, matches: int, count: int) -> None:
+        if self.on_event is None:
+            return
+        total = page.get("total")
+        self.on_event(
+            {
+                "event": "page",
+                "step": step,
+                "type": resource_type,
+                "matches": matches,
+                "resources": count,
+                "total": total if isinstance(total, int) else None,
+                "fetched": self.summary.fetched,
+                "changed": self.summary.changed,
+                "deleted": self.summary.deleted,
+                "quarantined": self.summary.quarantined,
+            }
+        )
+
+    # -- 1. referrals --------------------------------------------------------------------------
+
+    def referrals(self, cursor: datetime | None, fresh: Sequence[str]) -> None:
+        """Referrals changed since the cursor, with their context. `fresh`: the context types
+        never synced; their changes are read from the first page's instant on (the server's
+        clock, from Bundle.meta.lastUpdated, or ours if earlier or not given)."""
+        capabilities = self.capabilities
+        params = [("_count", str(self.page_size)), ("_sort", "_lastUpdated")]
+        if cursor is not None:
+            params.append(("_lastUpdated", f"ge{_instant(cursor - self.overlap)}"))
+        for include in INCLUDES:
+            if capabilities.supports_include("ServiceRequest", include):
+                params.append(("_include", include))
+        separate: list[Tie] = []
+        for tie in TIES:
+            if tie.target != "ServiceRequest":
+                continue
+            revinclude = f"{tie.type}:{tie.param}"
+            if capabilities.supports_revinclude("ServiceRequest", revinclude):
+                params.append(("_revinclude", revinclude))
+            else:
+                separate.append(tie)
+                self.summary.note(
+                    f"ServiceRequest: _revinclude={revinclude} is not offered; fetched by "
+                    "separate queries"
+                )
+        by_patient = [tie for tie in TIES if tie.target == "Patient"]
+        for page in self._search("ServiceRequest", params):
+            matches: list[JSON] = []
+            resources: list[JSON] = []
+            for mode, resource in _entries(page):
+                resources.append(resource)
+                if mode == "match" and resource.get("resourceType") == "ServiceRequest":
+                    matches.append(resource)
+            referrals = sorted({k for k in map(_key, matches) if k})
+            patients = sorted(
+                {k for r in matches for k in _references(r, "subject") if k.startswith("Patient/")}
+            )
+            for tie in separate:
+                resources.extend(self._by_reference(tie, referrals))
+            for tie in by_patient:
+                resources.extend(self._by_reference(tie, patients))
+            resources.extend(self._resolve(resources))
+            newest = None
+            for resource in matches:
+                newest = _later(newest, _updated(resource))
+            first = None
+            if fresh:
+                meta = page.get("meta")
+                now = parse_instant(meta.get("lastUpdated")) if isinstance(meta, dict) else None
+                first = (fresh, min(now or self.started, self.started))
+                fresh = ()
+            self._store(resources, cursor=("ServiceRequest", newest), first_cursors=first)
+            self._emit("referrals", "ServiceRequest", page, len(matches), len(resources))
+
+    # -- 2. changes to context, 3. deletions ---------------------------------------------------
+
+    def known(self) -> set[str]:
+        """Keys of every stored resource (after the last page stored)."""
+        if self._known is None:
+            with Session(self.engine) as session:
+                self._known = store.stored_keys(session, SYNC_TYPES)
+        return self._known
+
+    def _tied(self, resource: JSON) -> bool:
+        """Whether a changed context resource matters: stored already, or tied to a stored
+        referral or patient as `TIES` says."""
+        known = self.known()
+        key = _key(resource)
+        if key in known:
+            return True
+        rtype = resource.get("resourceType")
+        return any(
+            target in known and target.startswith(f"{tie.target}/")
+            for tie in TIES
+            if tie.type == rtype
+            for target in _references(resource, tie.element)
+        )
+
+    def deletions(self, resource_type: str, cursor: datetime) -> None:
+        """Tombstones for the type's stored resources deleted since the cursor (history)."""
+        if not self.capabilities.supports_interaction(resource_type, "history-type"):
+            self.summary.note(
+                f"{resource_type}: the server offers no history, so deletions are not seen"
+            )
+            return
+        params = [("_since", _instant(cursor - self.overlap)), ("_count", str(self.page_size))]
+        for page in self._pages(self.client.history(resource_type, params)):
+            gone = [d for d in map(_deletion, _history_entries(page)) if d is not None]
+            known = self.known()
+            gone = [d for d in gone if d[0] == resource_type and f"{d[0]}/{d[1]}" in known]
+            if gone:
+                self._store([], deletions=gone)
+            self._emit("deletions", resource_type, page, len(page.get("entry") or ()), len(gone))
+
+    def changes(self, resource_type: str, cursor: datetime) -> None:
+        """The type's changes since the cursor: its history where offered (changes and
+        deletions in one read), else its search by `_lastUpdated` (no deletions)."""
+        since = _instant(cursor - self.overlap)
+        if self.capabilities.supports_interaction(resource_type, "history-type"):
+            # History comes newest first: the cursor moves once the whole history is stored,
+            # and only each resource's first entry counts. Its older versions (or what it was
+            # before its deletion) must not be stored: an old version may tie to a referral
+            # that the current one no longer does.
+            newest = None
+            decided: set[str] = set()
+            params = [("_since", since), ("_count", str(self.page_size))]
+            for page in self._pages(self.client.history(resource_type, params)):
+                kept: list[JSON] = []
+                gone = []
+                for entry in _history_entries(page):
+                    deletion = _deletion(entry)
+                    if deletion is not None:
+                        newest = _later(newest, deletion[3])
+                        key = f"{deletion[0]}/{deletion[1]}"
+                        if key not in decided and key in self.known():
+                            gone.append(deletion)
+                        decided.add(key)
+                        continue
+                    resource = entry.get("resource")
+                    if not isinstance(resource, dict) or resource.get("resourceType") != (
+                        resource_type
+                    ):
+                        continue
+                    newest = _later(newest, _updated(resource))
+                    key = _key(resource) or ""
+                    if key not in decided and self._tied(resource):
+                        kept.append(resource)
+                    decided.add(key)
+                kept.extend(self._resolve(kept))
+                self._store(kept, deletions=gone)
+                self._emit(
+                    "changes",
+                    resource_type,
+                    page,
+                    len(page.get("entry") or ()),
+                    len(kept) + len(gone),
+                )
+            if newest is not None:
+                self._store([], cursor=(resource_type, newest))
+            return
+        self.summary.note(
+            f"{resource_type}: the server offers no history, so deletions are not seen"
+        )
+        params = [
+            ("_count", str(self.page_size)),
+            ("_sort", "_lastUpdated"),
+            ("_lastUpdated", f"ge{since}"),
+        ]
+        for page in self._search(resource_type, params):
+            matches = [r for mode, r in _entries(page) if mode == "match"]
+            kept = [r for r in matches if self._tied(r)]
+            kept.extend(self._resolve(kept))
+            newest = None
+            for resource in matches:
+                newest = _later(newest, _updated(resource))
+            self._store(kept, cursor=(resource_type, newest))
+            self._emit("changes", resource_type, page, len(matches), len(kept))
+
+
+def _history_entries(page: JSON) -> Iterator[JSON]:
+    for entry in page.get("entry") or ():
+        if isinstance(entry, dict):
+            yield entry
 
 
 def evaluate_stored(
@@ -156,17 +556,20 @@ def evaluate_store(
     rules: PracticeRules,
     as_of: datetime,
     on_problem: Callable[[str, str], None],
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Evaluate every stored referral and save it; (referrals, how many changed state or
-    segments)."""
+    segments, how many left the store)."""
     evaluator = evaluate_stored(engine, rules, as_of, on_problem)
     referrals = moved = 0
+    present: set[str] = set()
     with Session(engine) as session, session.begin():
         for evaluation in evaluator:
             referrals += 1
+            present.add(evaluation.referral)
             if store.save_evaluation(session, evaluation, as_of):
                 moved += 1
-    return referrals, moved
+        removed = store.remove_referrals(session, present, as_of)
+    return referrals, moved, removed
 
 
 def run_sync(
@@ -175,26 +578,49 @@ def run_sync(
     rules: PracticeRules,
     *,
     on_problem: Callable[[str, str], None],
-    on_progress: Progress | None = None,
+    on_event: OnEvent | None = None,
     as_of: datetime | None = None,
     overlap: timedelta = OVERLAP,
+    page_size: int = PAGE_SIZE,
 ) -> SyncSummary:
     """Fetch what changed on the server since the last sync, store it, re-evaluate."""
     clock = time.perf_counter()
     started = datetime.now(UTC)
-    base_url = client.base_url
     summary = SyncSummary()
-    for resource_type in SYNC_TYPES:
-        _sync_type(
-            client,
-            engine,
-            resource_type,
-            base_url=base_url,
-            started=started,
-            summary=summary,
-            on_progress=on_progress,
-            overlap=overlap,
-        )
-    summary.referrals, summary.moved = evaluate_store(engine, rules, as_of or started, on_problem)
+    base_url = client.base_url
+    with Session(engine) as session:
+        cursors = {t: store.get_cursor(session, base_url, t) for t in SYNC_TYPES}
+    # A context type's first sync is the referral query's includes: its changes are read from
+    # the first page on, also when this sync is killed and the next one resumes it.
+    fresh = [t for t in CONTEXT_TYPES if cursors[t] is None]
+    run = _Run(
+        client,
+        engine,
+        started=started,
+        overlap=overlap,
+        page_size=page_size,
+        summary=summary,
+        on_event=on_event,
+    )
+    referral_cursor = cursors["ServiceRequest"]
+    if referral_cursor is not None:
+        run.deletions("ServiceRequest", referral_cursor)
+    run.referrals(referral_cursor, fresh)
+    for resource_type in CONTEXT_TYPES:
+        cursor = cursors[resource_type]
+        if cursor is not None:
+            run.changes(resource_type, cursor)
+    summary.referrals, summary.moved, summary.removed = evaluate_store(
+        engine, rules, as_of or started, on_problem
+    )
     summary.seconds = time.perf_counter() - clock
+    if on_event is not None:
+        on_event(
+            {
+                "event": "evaluated",
+                "referrals": summary.referrals,
+                "moved": summary.moved,
+                "removed": summary.removed,
+            }
+        )
     return summary

@@ -539,7 +539,12 @@ HAPI_STATEMENT: dict[str, Any] = {
                         {"code": "create"},
                         {"code": "update"},
                     ],
-                    "searchParam": [{"name": "patient"}, {"name": "subject"}, {"name": "_id"}],
+                    "searchParam": [
+                        {"name": "patient"},
+                        {"name": "subject"},
+                        {"name": "requester"},
+                        {"name": "_id"},
+                    ],
                     "searchInclude": ["*", "ServiceRequest:subject"],
                     "searchRevInclude": ["Appointment:based-on", "Communication:based-on"],
                 }
@@ -580,6 +585,8 @@ def test_capabilities_list_what_each_type_supports() -> None:
     assert hapi.supports_search("ServiceRequest", "_lastUpdated")  # rest-level parameter
     assert hapi.supports_search("ServiceRequest", "_count")  # a result parameter
     assert hapi.supports_include("ServiceRequest", "ServiceRequest:requester")  # "*"
+    # "*" covers the includes a search parameter exists for; R4 has no ServiceRequest insurance.
+    assert not hapi.supports_include("ServiceRequest", "ServiceRequest:insurance")
     assert hapi.supports_revinclude("ServiceRequest", "Appointment:based-on")
     assert not hapi.supports_revinclude("ServiceRequest", "Task:based-on")
     assert not hapi.supports_search("Patient", "_id")  # type not listed

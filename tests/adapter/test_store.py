@@ -74,7 +74,7 @@ def test_migrations_build_the_schema_from_empty_and_rerun_harmlessly(db_url: str
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
             assert diff == []
             assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [
-                ("0001",)
+                ("0002",)
             ]
     finally:
         engine.dispose()

@@ -1,5 +1,6 @@
-"""`sync` against a scripted server (respx): faults stop it clearly without the cursor skipping
-data, malformed resources are quarantined, and a rerun completes."""
+"""`sync` against a scripted server (respx, tests/adapter/minifhir.py): what it fetches and
+keeps, how it falls back when the server lacks includes, revincludes or history, deletions,
+and faults that stop it clearly without the cursor skipping data."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 import orjson
 import pytest
 import respx
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapter import personas as p
@@ -20,114 +22,56 @@ from adapter.errors import TemporaryServerError
 from adapter.fhir_client import FhirClient
 from adapter.http_policy import RetryPolicy, make_http_client
 from adapter.practice_rules import default_rules
-from adapter.sync import SYNC_TYPES, run_sync
+from adapter.store_models import StoredResource
+from adapter.sync import OVERLAP, SyncSummary, run_sync
+from tests.adapter.minifhir import BASE, MiniServer, outcome
 
-BASE = "http://ehr.test/fhir"
-JSON = dict[str, Any]
-
-
-def capability_statement() -> JSON:
-    return {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": "2026-12-01",
-        "kind": "instance",
-        "fhirVersion": "4.0.1",
-        "format": ["json"],
-        "software": {"name": "Scripted test server"},
-        "rest": [
-            {
-                "mode": "server",
-                "resource": [
-                    {
-                        "type": t,
-                        "interaction": [{"code": "read"}, {"code": "search-type"}],
-                        "searchParam": [{"name": "_lastUpdated", "type": "date"}],
-                    }
-                    for t in SYNC_TYPES
-                ],
-                "searchParam": [
-                    {"name": "_sort", "type": "string"},
-                    {"name": "_count", "type": "number"},
-                ],
-            }
-        ],
-    }
+AS_OF = datetime(2025, 1, 15, 12, tzinfo=UTC)
+# What the three referrals need: patients, the coverage, the record, the requester's role, its
+# practitioner and organization. Not the practice's own organization or the payer, which
+# nothing the model follows points at, and not the malformed patient (quarantined).
+NEEDED = {
+    "ServiceRequest/ref-ada-cardio",
+    "ServiceRequest/ref-2",
+    "ServiceRequest/ref-3",
+    "Patient/ada-quill",
+    "Patient/pat-2",
+    "Coverage/cov-ada",
+    "DocumentReference/doc-ada-cardio",
+    "PractitionerRole/role-ivy-chen",
+    "Practitioner/prac-ivy-chen",
+    "Organization/org-northside",
+}
 
 
-def bundle(resources: list[JSON], next_url: str | None = None) -> JSON:
-    page: JSON = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
-    }
-    if next_url:
-        page["link"] = [{"relation": "next", "url": next_url}]
-    return page
+def fill(server: MiniServer) -> None:
+    for resource in p.ada_packet():
+        server.put(resource)
+    server.put({**p.ada_quill(), "id": "pat-2"})
+    server.put(p.ada_referral(id="ref-2", subject={"reference": "Patient/pat-2"}))
+    server.put({**p.ada_quill(), "id": "pat-3", "birthDate": "not a date"})
+    server.put(p.ada_referral(id="ref-3", subject={"reference": "Patient/pat-3"}))
 
 
-def stamped(resource: JSON, when: str) -> JSON:
-    return {**resource, "meta": {"versionId": "1", "lastUpdated": when}}
-
-
-class Server:
-    """A server whose Patient search has two pages; page two can be made to fail."""
-
-    def __init__(self) -> None:
-        self.fail_page_two = 0  # how many more times page two answers 503
-        ada = stamped(p.ada_quill(), "2026-12-01T10:00:00Z")
-        other = {**stamped(p.ada_quill(), "2026-12-02T10:00:00Z"), "id": "pat-2"}
-        broken = {
-            **stamped(p.ada_quill(), "2026-12-02T11:00:00Z"),
-            "id": "pat-3",
-            "birthDate": "not a date",
-        }
-        self.pages = [[ada], [other, broken]]
-        self.others = {
-            "Organization": [stamped(p.northside_family_medicine(), "2026-12-01T09:00:00Z")],
-            "PractitionerRole": [stamped(p.dr_ivy_chen_role(), "2026-12-01T09:00:00Z")],
-            "Coverage": [stamped(p.ada_coverage(), "2026-12-01T09:00:00Z")],
-            "ServiceRequest": [stamped(p.ada_referral(), "2026-12-01T09:30:00Z")],
-            "DocumentReference": [stamped(p.ada_record(), "2026-12-01T09:30:00Z")],
-        }
-        self.searches: list[httpx.URL] = []
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/metadata"):
-            return httpx.Response(200, json=capability_statement())
-        self.searches.append(request.url)
-        resource_type = request.url.path.rsplit("/", 1)[-1]
-        if resource_type == "Patient":
-            if request.url.params.get("page") == "2":
-                if self.fail_page_two:
-                    self.fail_page_two -= 1
-                    return httpx.Response(
-                        503,
-                        json={
-                            "resourceType": "OperationOutcome",
-                            "issue": [
-                                {
-                                    "severity": "error",
-                                    "code": "transient",
-                                    "diagnostics": "database is busy",
-                                }
-                            ],
-                        },
-                    )
-                return httpx.Response(200, json=bundle(self.pages[1]))
-            return httpx.Response(200, json=bundle(self.pages[0], f"{BASE}/Patient?page=2"))
-        return httpx.Response(200, json=bundle(self.others.get(resource_type, [])))
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    scripted = Server()
+def serve(scripted: MiniServer) -> Iterator[MiniServer]:
+    fill(scripted)
     with respx.mock(base_url=BASE, assert_all_called=False) as router:
         router.route().mock(side_effect=scripted.handle)
         yield scripted
 
 
-def sync_once(db: str) -> Any:
+@pytest.fixture
+def server() -> Iterator[MiniServer]:
+    yield from serve(MiniServer())
+
+
+@pytest.fixture
+def bare_server() -> Iterator[MiniServer]:
+    """No _include, no _revinclude, no history: every fallback."""
+    yield from serve(MiniServer(includes=False, revincludes=False, history=False))
+
+
+def sync_once(db: str, page_size: int = 1) -> SyncSummary:
     engine = store.make_engine(db)
     policy = RetryPolicy(max_attempts=3, sleep=lambda seconds: None)
     with make_http_client() as http:
@@ -137,52 +81,167 @@ def sync_once(db: str) -> Any:
             engine,
             default_rules(),
             on_problem=lambda w, m: None,
-            as_of=datetime(2026, 12, 3, 12, tzinfo=UTC),
+            as_of=AS_OF,
+            page_size=page_size,
         )
 
 
-def test_a_failing_page_stops_the_sync_and_the_rerun_misses_nothing(
-    server: Server, tmp_path: Path
+def stored(db: str) -> set[str]:
+    with Session(store.make_engine(db)) as session:
+        return store.stored_keys(session, {k.split("/")[0] for k in NEEDED})
+
+
+def fail_page(number: int, times: int) -> Any:
+    """A fault: the referral search's page `number` answers 503 `times` times."""
+    left = [times]
+
+    def fault(request: httpx.Request) -> httpx.Response | None:
+        page = request.url.params.get("page", "1")
+        if request.url.path.endswith("/ServiceRequest") and page == str(number) and left[0]:
+            left[0] -= 1
+            return outcome(503, "database is busy")
+        return None
+
+    return fault
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store.upgrade(url)
+    return url
+
+
+def test_the_sync_fetches_what_the_referrals_need_and_nothing_more(
+    server: MiniServer, db: str
 ) -> None:
-    db = f"sqlite:///{tmp_path / 'store.db'}"
-    store.upgrade(db)
-    server.fail_page_two = 10  # more than the retries
+    summary = sync_once(db)
+    assert stored(db) == NEEDED
+    assert summary.referrals == 3
+    assert summary.quarantined == 1
+    assert summary.notes == []
+    queries = [u for u in server.requests if u.path.endswith("/ServiceRequest")]
+    assert queries[0].params.get_list("_include") == [
+        "ServiceRequest:subject",
+        "ServiceRequest:requester",
+    ]
+    assert "DocumentReference:related" in queries[0].params.get_list("_revinclude")
+
+
+def test_without_includes_revincludes_or_history_separate_queries_fetch_the_same(
+    bare_server: MiniServer, db: str
+) -> None:
+    summary = sync_once(db)
+    assert stored(db) == NEEDED
+    asked = [(u.path.rsplit("/", 1)[-1], sorted(u.params.keys())) for u in bare_server.requests]
+    assert ("Patient", ["_id"]) in asked
+    assert ("DocumentReference", ["_count", "related"]) in asked
+    assert ("Appointment", ["_count", "based-on"]) in asked
+    assert any("_revinclude=DocumentReference:related is not offered" in n for n in summary.notes)
+    assert all("_include" not in u.params for u in bare_server.requests)
+
+
+def test_a_failing_page_stops_the_sync_and_the_rerun_misses_nothing(
+    server: MiniServer, db: str
+) -> None:
+    server.fault = fail_page(2, times=10)  # more than the retries
     with pytest.raises(TemporaryServerError, match="database is busy"):
         sync_once(db)
+    first = server.current["ServiceRequest/ref-ada-cardio"]["meta"]["lastUpdated"]
     engine = store.make_engine(db)
     with Session(engine) as session:
-        # Page one was stored with its cursor; page two was not, and the cursor stayed behind it.
-        assert store.get_resource(session, "Patient", "ada-quill") is not None
-        assert store.get_resource(session, "Patient", "pat-2") is None
-        assert store.get_cursor(session, BASE, "Patient") == datetime(2026, 12, 1, 10, tzinfo=UTC)
-        assert store.get_cursor(session, BASE, "ServiceRequest") is None  # never reached
+        # Page one was stored with its context and cursor; page two was not, and the cursor
+        # stayed behind it.
+        assert store.get_resource(session, "Coverage", "cov-ada") is not None
+        assert store.get_resource(session, "ServiceRequest", "ref-2") is None
+        cursor = store.get_cursor(session, BASE, "ServiceRequest")
+        assert cursor is not None
+        assert cursor.isoformat().startswith(first[:16])
 
-    server.fail_page_two = 0
+    server.fault = lambda request: None
+    server.requests.clear()
     summary = sync_once(db)
+    assert stored(db) == NEEDED
     with Session(engine) as session:
-        assert store.get_resource(session, "Patient", "pat-2") is not None
         quarantined = store.list_quarantine(session, BASE)
         assert [(q.resource_type, q.resource_id) for q in quarantined] == [("Patient", "pat-3")]
         assert "Patient.birthDate: not a valid date" in quarantined[0].reason
         assert "not a date" not in quarantined[0].reason  # never the value
-        assert store.stored_evaluation(session, "ServiceRequest/ref-ada-cardio") is not None
-    assert summary.quarantined == 1
-    assert summary.referrals == 1
+        assert store.stored_evaluation(session, "ServiceRequest/ref-2") is not None
+    assert summary.referrals == 3
     # The rerun asked again from the stored cursor, less the overlap window.
-    patient_queries = [u for u in server.searches if u.path.endswith("/Patient")]
-    assert patient_queries[-2].params.get("_lastUpdated") == "ge2026-12-01T09:55:00.000Z"
+    rerun = next(u for u in server.requests if u.path.endswith("/ServiceRequest"))
+    behind = datetime.fromisoformat(first.replace("Z", "+00:00")) - OVERLAP
+    assert rerun.params.get("_lastUpdated") == behind.strftime("ge%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def test_a_page_that_recovers_within_the_retries_is_just_slower(
-    server: Server, tmp_path: Path
+    server: MiniServer, db: str
 ) -> None:
-    db = f"sqlite:///{tmp_path / 'store.db'}"
-    store.upgrade(db)
-    server.fail_page_two = 2
+    server.fault = fail_page(2, times=2)
     summary = sync_once(db)
-    assert summary.fetched == 8  # an organization, a role, three patients, coverage, referral,
-    assert summary.changed == 7  # letter; all stored but the malformed patient
+    assert stored(db) == NEEDED
     assert summary.quarantined == 1
+
+
+def referral(db: str, key: str) -> dict[str, Any] | None:
+    with Session(store.make_engine(db)) as session:
+        return store.stored_evaluation(session, key)
+
+
+def test_context_changes_and_deletions_move_exactly_the_referrals_they_touch(
+    server: MiniServer, db: str
+) -> None:
+    sync_once(db, page_size=100)
+    ada = "ServiceRequest/ref-ada-cardio"
+    assert (referral(db, ada) or {})["state"] == "open"
+    # Changes: Ada's appointment is booked; a Coverage arrives for a patient with no referral.
+    server.put(p.ada_appointment())
+    server.put({**p.ada_coverage(), "id": "cov-x", "beneficiary": {"reference": "Patient/x"}})
+    summary = sync_once(db, page_size=100)
+    assert (referral(db, ada) or {})["state"] == "scheduled"
+    assert summary.moved == 1
+    with Session(store.make_engine(db)) as session:
+        assert store.get_resource(session, "Appointment", "appt-ada-cardio") is not None
+        assert store.get_resource(session, "Coverage", "cov-x") is None  # nobody's referral
+
+    # Deletions: the appointment and a referral.
+    server.delete("Appointment/appt-ada-cardio")
+    server.delete("ServiceRequest/ref-2")
+    summary = sync_once(db, page_size=100)
+    assert summary.deleted == 2
+    assert (referral(db, ada) or {})["state"] == "open"
+    assert referral(db, "ServiceRequest/ref-2") is None
+    assert summary.removed == 1
+    with Session(store.make_engine(db)) as session:
+        assert [c.to_state for c in store.history(session, "ServiceRequest/ref-2")] == [
+            "open",
+            "removed",
+        ]
+        tombstone = session.execute(
+            select(StoredResource).where(StoredResource.id == "appt-ada-cardio")
+        ).scalar_one()
+        assert tombstone.deleted
+        assert tombstone.version_id == "2"
+    # An older copy read again (a page fetched before the delete) does not bring it back.
+    with Session(store.make_engine(db)) as session, session.begin():
+        booked = {**p.ada_appointment(), "meta": {"versionId": "1"}}
+        assert store.put_resources(session, [booked], BASE) == 0
+    assert sync_once(db, page_size=100).moved == 0
+
+
+def test_without_history_changes_arrive_by_search_and_deletions_are_named_as_unseen(
+    bare_server: MiniServer, db: str
+) -> None:
+    sync_once(db, page_size=100)
+    bare_server.put(p.ada_appointment())
+    summary = sync_once(db, page_size=100)
+    assert (referral(db, "ServiceRequest/ref-ada-cardio") or {})["state"] == "scheduled"
+    assert "Appointment: the server offers no history, so deletions are not seen" in summary.notes
+    assert any(
+        u.path.endswith("/Appointment") and u.params.get("_lastUpdated", "").startswith("ge")
+        for u in bare_server.requests
+    )
 
 
 class Stop(BaseException):  # not an Exception: main() reports those as internal errors
@@ -190,7 +249,7 @@ class Stop(BaseException):  # not an Exception: main() reports those as internal
 
 
 def test_the_worker_outlives_a_bad_round(
-    server: Server,
+    server: MiniServer,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -208,7 +267,7 @@ def test_the_worker_outlives_a_bad_round(
     monkeypatch.setattr(cli.time, "sleep", sleep)
     # The client's own retries must not wait either.
     monkeypatch.setattr("adapter.fhir_client.RetryPolicy", lambda: Policy(sleep=lambda s: None))
-    server.fail_page_two = 100
+    server.fault = fail_page(2, times=100)
     db = f"sqlite:///{tmp_path / 'worker.db'}"
     argv = [
         "sync",
@@ -219,29 +278,40 @@ def test_the_worker_outlives_a_bad_round(
         "--every",
         "30",
         "--json",
+        "--page-size",
+        "1",
         "--as-of",
-        "2026-12-03T12:00:00Z",
+        "2025-01-15T12:00:00Z",
     ]
     with pytest.raises(Stop):
         cli.main(argv)
     out, err = capsys.readouterr()
     assert "sync failed, next try in 30 s: " in err
     assert "database is busy" in err
-    assert out == ""
-    server.fail_page_two = 0
+    events = [orjson.loads(line) for line in out.splitlines()]
+    # Each failed round: the pages stored before the failure, then the failure, as JSON lines.
+    assert [e["event"] for e in events if e["event"] != "page"] == ["failed", "failed"]
+    assert events[0] == {**events[0], "event": "page", "step": "referrals", "matches": 1}
+    assert "database is busy" in events[1]["error"]
+    server.fault = lambda request: None
     rounds.clear()
     with pytest.raises(Stop):
         cli.main(argv)
     out, _ = capsys.readouterr()
-    summaries = [orjson.loads(line) for line in out.splitlines()]
+    events = [orjson.loads(line) for line in out.splitlines()]
+    summaries = [e for e in events if e["event"] == "summary"]
     assert len(summaries) == 2
     assert summaries[0]["quarantined"] == 1
-    assert summaries[0]["referrals"] == 1
+    assert summaries[0]["referrals"] == 3
+    assert summaries[1]["changed"] == 0  # the second round found nothing new
+    pages = [e for e in events if e["event"] == "page" and e["step"] == "referrals"]
+    assert [e["total"] for e in pages[:3]] == [3, 3, 3]
     assert rounds == [30, 30]
 
 
 def test_the_command_line_overlap_default_is_the_sync_default() -> None:
-    from adapter.cli import DEFAULT_OVERLAP_SECONDS
-    from adapter.sync import OVERLAP
+    from adapter.cli import DEFAULT_OVERLAP_SECONDS, DEFAULT_PAGE_SIZE
+    from adapter.sync import OVERLAP, PAGE_SIZE
 
     assert OVERLAP.total_seconds() == DEFAULT_OVERLAP_SECONDS
+    assert PAGE_SIZE == DEFAULT_PAGE_SIZE

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from sqlalchemy.orm import Session
@@ -53,7 +54,10 @@ def lines_of(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, J
 
 def sync(capsys: pytest.CaptureFixture[str], url: str, db: str, as_of: str) -> JSON:
     assert main(["sync", "--fhir-base", url, "--db", db, "--as-of", as_of, "--json"]) == 0
-    summary: JSON = orjson.loads(capsys.readouterr().out)
+    events = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["event"] == "summary"
+    assert events[-2]["event"] == "evaluated"
+    summary: JSON = events[-1]
     return summary
 
 
@@ -185,7 +189,7 @@ def test_sync_stores_what_segment_makes_of_the_server_and_follows_changes(
             "payload": [{"contentString": "Any news on my referral?"}],
         }
     )
-    client.create(
+    booking = client.create(
         {
             "resourceType": "Appointment",
             "status": "booked",
@@ -238,6 +242,24 @@ def test_sync_stores_what_segment_makes_of_the_server_and_follows_changes(
         capsys, ["segment", "--input", str(second_dump), "--as-of", earlier]
     )
     assert lines_of(capsys, ["referrals", "--db", db]) == after  # the store is unchanged
+
+    # Deleted on the server: the booking (its referral is open again) and a referral nothing
+    # points at (HAPI refuses to delete what other resources refer to).
+    gone = f"ServiceRequest/sr-nophone-{suffix}"
+    for path in (f"Appointment/{booking.id}", gone):
+        httpx.delete(f"{hapi_base_url}/{path}", timeout=30).raise_for_status()
+    summary = sync(capsys, hapi_base_url, db, first_as_of)
+    assert (summary["deleted"], summary["removed"]) == (2, 1)
+    final = lines_of(capsys, ["referrals", "--db", db])
+    assert final[to_book["referral"]]["state"] == "open"
+    assert gone not in final
+    assert history_rows(db, gone) == 3  # first sight, the phone, then removed
+    assert final == lines_of(
+        capsys, ["segment", "--input", str(dump(client, tmp_path / "d3")), "--as-of", first_as_of]
+    )
+    # Synced again: the deleted booking's older versions in the history do not bring it back.
+    assert sync(capsys, hapi_base_url, db, first_as_of)["changed"] == 0
+    assert lines_of(capsys, ["referrals", "--db", db]) == final
 
 
 def test_a_full_sync_from_sekmet_stores_what_segment_makes_of_the_server(

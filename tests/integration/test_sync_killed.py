@@ -1,14 +1,17 @@
 """A sync killed with SIGKILL at a random point, then run again, ends exactly where an
-uninterrupted sync ends: nothing lost, nothing doubled (a real subprocess, several trials)."""
+uninterrupted sync ends: nothing lost, nothing doubled (a real subprocess, several trials).
+
+The kill points are chosen by the sync's own progress (its `--json` page events), not by the
+clock: a timed kill lands somewhere else on a faster or busier machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,24 @@ from adapter.synth import synth_to_dir
 
 AS_OF = "2026-12-03T12:00:00Z"
 TRIALS = 4
+PAGE = "5"  # small pages: many points to be killed at
 
 
 def sync_command(url: str, db: str) -> list[str]:
     script = Path(sys.executable).with_name("referral-adapter")
-    return [str(script), "sync", "--fhir-base", url, "--db", db, "--as-of", AS_OF]
+    return [
+        str(script),
+        "sync",
+        "--fhir-base",
+        url,
+        "--db",
+        db,
+        "--as-of",
+        AS_OF,
+        "--json",
+        "--page-size",
+        PAGE,
+    ]
 
 
 def snapshot(db: str) -> dict[str, Any]:
@@ -60,36 +76,46 @@ def test_a_killed_sync_resumes_to_the_same_store(
     capsys.readouterr()
 
     reference_db = f"sqlite:///{tmp_path / 'reference.db'}"
-    clock = time.perf_counter()
-    subprocess.run(sync_command(hapi_base_url, reference_db), check=True, capture_output=True)
-    duration = time.perf_counter() - clock
+    done = subprocess.run(
+        sync_command(hapi_base_url, reference_db), check=True, capture_output=True, text=True
+    )
+    pages = sum(json.loads(line)["event"] == "page" for line in done.stdout.splitlines())
     expected = snapshot(reference_db)
     assert len(expected["referrals"]) >= 55
+    assert pages >= 10
     assert set(expected["history"].values()) == {1}  # one first sighting each
 
     chooser = random.Random(7)
+    # Killed right after page k was stored: early, in the middle, and after the last page
+    # (while evaluating); the others anywhere.
+    kill_after = [1, pages // 2, pages] + [chooser.randint(1, pages) for _ in range(TRIALS - 3)]
     partial = 0  # trials killed with some, but not all, resources stored
-    for trial in range(TRIALS):
+    for trial, k in enumerate(kill_after):
         db = f"sqlite:///{tmp_path / f'trial-{trial}.db'}"
         process = subprocess.Popen(
             sync_command(hapi_base_url, db),
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            text=True,
         )
-        # Somewhere between start-up and the end of an uninterrupted run.
-        time.sleep(chooser.uniform(0.25, 0.9) * duration)
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        if Path(db.removeprefix("sqlite:///")).exists():
-            try:
-                stored = len(snapshot(db)["resources"])
-            except Exception:  # killed before the schema existed
-                stored = 0
-            partial += 0 < stored < len(expected["resources"])
+        assert process.stdout is not None
+        seen = 0
+        for line in process.stdout:
+            seen += json.loads(line)["event"] == "page"
+            if seen == k:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+        process.wait()  # after the last page it may have finished before the kill: fine
+        stored = len(snapshot(db)["resources"])
+        partial += 0 < stored < len(expected["resources"])
         finished = subprocess.run(
             sync_command(hapi_base_url, db), check=False, capture_output=True, text=True
         )
         assert finished.returncode == 0, finished.stderr
-        assert snapshot(db) == expected, f"trial {trial}"
-    assert partial >= 1, "no trial was killed in the middle of storing"
+        got = snapshot(db)
+        assert got == expected, (
+            f"trial {trial} (killed after page {k})",
+            set(got["resources"]) ^ set(expected["resources"]),
+            {r for r in got["referrals"] if got["referrals"][r] != expected["referrals"].get(r)},
+        )
+    assert partial >= 2, "no trial was killed in the middle of storing"
