@@ -7,6 +7,7 @@ through the policy's injectable `sleep`, so tests never wait.
 from __future__ import annotations
 
 import email.utils
+import os
 import random as _random
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import httpx
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "HTTP_LOG_VARIABLE",
     "RETRYABLE_STATUSES",
     "RetryPolicy",
     "make_http_client",
@@ -110,9 +112,29 @@ def make_http_client(
     """
     if not isinstance(timeout, httpx.Timeout):
         timeout = httpx.Timeout(timeout)
+    hooks: dict[str, list[Callable[[httpx.Response], None]]] = {}
+    log = os.environ.get(HTTP_LOG_VARIABLE)
+    if log:
+        hooks["response"] = [_request_logger(log)]
     return httpx.Client(
         timeout=timeout,
         limits=httpx.Limits(max_connections=max_connections),
         follow_redirects=False,
         verify=verify,
+        event_hooks=hooks,
     )
+
+
+# A file to which every request's method, URL and status is appended, one line each: for an
+# operator asking what the adapter asked of the server, and for bench/sync_bench.py's floor,
+# which replays the same GETs. URLs carry resource ids and search parameters, no other data.
+HTTP_LOG_VARIABLE = "REFERRAL_ADAPTER_HTTP_LOG"
+
+
+def _request_logger(path: str) -> Callable[[httpx.Response], None]:
+    def log(response: httpx.Response) -> None:
+        request = response.request
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(f"{request.method} {request.url} {response.status_code}\n")
+
+    return log

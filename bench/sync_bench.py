@@ -1,14 +1,16 @@
 """Benchmark: `referral-adapter sync` from a real HAPI server, against a plain httpx floor.
 
 For each size: start the test HAPI server (tests/hapi/hapi.sh), load `synth` data into it with
-`referral-adapter load`, then, alternating so machine noise hits both alike:
-- floor: a fresh Python process GETs the same searches (every synced type, `_count=200`, sorted
-  by `_lastUpdated`, next links followed) with a plain httpx loop, parsing each page;
+`referral-adapter load`, run one sync with the request log on (REFERRAL_ADAPTER_HTTP_LOG) to learn
+which pages a sync GETs, then, alternating so machine noise hits both alike:
+- floor: a fresh Python process GETs exactly those URLs with a plain httpx loop, parsing each;
 - sync: a fresh `referral-adapter sync` into an empty SQLite store.
 Reported: wall times and their ratio (target at most 1.25), the adapter's own CPU seconds per
 1,000 resources (user+sys of the sync process; HAPI's time is not the adapter's), HTTP requests
-per referral, peak memory (Pss of the process tree), and an incremental sync after 1% of the
-referrals changed, as a share of the full sync's time (target at most 10%).
+per referral, peak memory (Pss of the process tree), an incremental sync after 1% of the
+referrals changed, as a share of the full sync's time (target at most 10%), and a peer: fhirpy
+(pip install -e .[bench]) fetching the same referral query with its includes and the same
+per-patient Coverage and Communication queries, fetch only (no store, no evaluation).
 
     .venv/bin/python bench/sync_bench.py [--sizes 2000 10000] [--repeat 3]
 
@@ -38,17 +40,33 @@ AS_OF = "2026-12-03T12:00:00Z"
 SHORT = ("--overlap-seconds", "1")
 FLOOR = """
 import sys, httpx, orjson
+urls = [line.split()[1] for line in open(sys.argv[1]) if line.startswith("GET ")]
+with httpx.Client(timeout=120, headers={"Accept": "application/fhir+json"}) as http:
+    for url in urls:
+        orjson.loads(http.get(url).content)
+"""
+PEER = """
+import sys
+from fhirpy import SyncFHIRClient
 base = sys.argv[1]
-types = sys.argv[2].split(",")
-requests = 0
-with httpx.Client(timeout=120) as http:
-    for resource_type in types:
-        url = f"{base}/{resource_type}?_count=200&_sort=_lastUpdated"
-        while url:
-            page = orjson.loads(http.get(url).content)
-            requests += 1
-            url = next((l["url"] for l in page.get("link", []) if l["relation"] == "next"), None)
-print(requests, file=sys.stderr)
+client = SyncFHIRClient(base)
+search = (
+    client.resources("ServiceRequest")
+    .search(_count=100, _sort="_lastUpdated")
+    .include("ServiceRequest", "subject")
+    .include("ServiceRequest", "requester")
+)
+for kind in ("Communication", "Appointment", "QuestionnaireResponse"):
+    search = search.revinclude(kind, "based-on")
+search = search.revinclude("DocumentReference", "related")
+found = search.fetch_all()
+patients = sorted({r["subject"]["reference"] for r in found
+                   if r.resource_type == "ServiceRequest" and "subject" in r})
+for start in range(0, len(patients), 100):
+    batch = ",".join(patients[start:start + 100])
+    found += client.resources("Coverage").search(beneficiary=batch, _count=100).fetch_all()
+    found += client.resources("Communication").search(sender=batch, _count=100).fetch_all()
+print(len(found), file=sys.stderr)
 """
 CPU = """
 import resource, subprocess, sys
@@ -78,8 +96,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--no-peer", dest="peer", action="store_false", help="skip fhirpy (the peer)"
+    )
     args = parser.parse_args()
-    from adapter.sync import SYNC_TYPES
 
     adapter = adapter_command()
     results = []
@@ -99,10 +119,18 @@ def main() -> None:
                 capture_output=True,
             )
             load_s = time.perf_counter() - clock
-            floor_times, sync_times, peaks = [], [], []
-            requests = 0
+            log = state / "requests.log"
+            logged = f"sqlite:///{state / 'log.db'}"
+            subprocess.run(
+                [*adapter, "sync", "--fhir-base", base, "--db", logged, "--as-of", AS_OF, *SHORT],
+                env={**os.environ, "REFERRAL_ADAPTER_HTTP_LOG": str(log)},
+                check=True,
+                capture_output=True,
+            )
+            requests = sum(1 for line in log.open() if not line.split()[1].endswith("/metadata"))
+            floor_times, sync_times, peer_times, peaks = [], [], [], []
             for n in range(args.repeat):
-                wall, _ = run_wrapped([sys.executable, "-c", FLOOR, base, ",".join(SYNC_TYPES)])
+                wall, _ = run_wrapped([sys.executable, "-c", FLOOR, str(log)])
                 floor_times.append(wall)
                 db = f"sqlite:///{state / f'full-{n}.db'}"
                 wall, peak = run_wrapped(
@@ -110,13 +138,9 @@ def main() -> None:
                 )
                 sync_times.append(wall)
                 peaks.append(peak)
-            done = subprocess.run(
-                [sys.executable, "-c", FLOOR, base, ",".join(SYNC_TYPES)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            requests = int(done.stderr.strip().splitlines()[-1])
+                if args.peer:
+                    wall, _ = run_wrapped([sys.executable, "-c", PEER, base])
+                    peer_times.append(wall)
             db = f"sqlite:///{state / 'cpu.db'}"
             cpu = cpu_seconds([*adapter, "sync", "--fhir-base", base, "--db", db, "--as-of", AS_OF])
             resources = sum(1 for f in data.glob("*.ndjson") for _ in f.open("rb"))
@@ -160,6 +184,7 @@ def main() -> None:
             "peak_mib": round(max(peaks) / 2**20, 1),
             "incremental_s": round(incremental, 2),
             "incremental_share": round(incremental / sync_s, 3),
+            "peer_fhirpy_s": round(statistics.median(peer_times), 2) if peer_times else None,
             "floor_times": [round(t, 2) for t in floor_times],
             "sync_times": [round(t, 2) for t in sync_times],
         }

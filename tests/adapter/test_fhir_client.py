@@ -626,3 +626,23 @@ def test_malformed_capability_parts_count_as_absent() -> None:
     caps = Capabilities.from_statement(odd)
     assert caps.vendor is Vendor.OTHER
     assert not caps.supports_search("Task", "status")
+
+
+def test_the_request_log_names_each_request_and_its_status(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapter.http_policy import HTTP_LOG_VARIABLE
+
+    log = tmp_path / "requests.log"
+    monkeypatch.setenv(HTTP_LOG_VARIABLE, str(log))
+    with respx.mock(base_url=BASE) as router, make_http_client() as http:
+        router.get("/Patient").mock(return_value=httpx.Response(200, json=searchset([])))
+        router.get("/Patient/gone").mock(return_value=httpx.Response(410))
+        client = FhirClient(BASE, http)
+        list(client.search("Patient", {"_id": "a,b"}))
+        with pytest.raises(ResourceNotFound):
+            client.read("Patient", "gone")
+    assert log.read_text().splitlines() == [
+        f"GET {BASE}/Patient?_id=a%2Cb 200",
+        f"GET {BASE}/Patient/gone 410",
+    ]
