@@ -180,11 +180,14 @@ def _references(resource: JSON, path: str) -> Iterator[str]:
 
 
 def _entries(page: JSON) -> Iterator[tuple[str, JSON]]:
-    """(search mode, resource) of a searchset page."""
+    """(search mode, resource) of a searchset page: matches and includes of the types the
+    model reads (not the server's OperationOutcome entries, mode "outcome")."""
     for entry in page.get("entry") or ():
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict):
-            yield (entry.get("search") or {}).get("mode", "match"), resource
+        if isinstance(resource, dict) and resource.get("resourceType") in SYNC_TYPES:
+            mode = (entry.get("search") or {}).get("mode", "match")
+            if mode != "outcome":
+                yield mode, resource
 
 
 def _updated(resource: JSON) -> datetime | None:
@@ -344,6 +347,9 @@ class _Run:
             summary.changed += store.put_resources(session, readable, self.base_url)
             if deletions:
                 summary.deleted += store.mark_deleted(session, deletions, self.base_url)
+            if self._known is not None:  # kept in step instead of read again
+                self._known.update(k for k in map(_key, readable) if k)
+                self._known.difference_update(f"{d[0]}/{d[1]}" for d in deletions)
             if first_cursors is not None:
                 for resource_type in first_cursors[0]:
                     store.advance_cursor(session, self.base_url, resource_type, first_cursors[1])
@@ -351,7 +357,6 @@ class _Run:
                 store.advance_cursor(
                     session, self.base_url, cursor[0], min(cursor[1], self.started)
                 )
-        self._known = None
 
     def _emit(self, step: str, resource_type: str, page: JSON, matches: int, count: int) -> None:
         if self.on_event is None:
@@ -430,7 +435,7 @@ class _Run:
     # -- 2. changes to context, 3. deletions ---------------------------------------------------
 
     def known(self) -> set[str]:
-        """Keys of every stored resource (after the last page stored)."""
+        """Keys of every stored resource: read once, then kept in step by `_store`."""
         if self._known is None:
             with Session(self.engine) as session:
                 self._known = store.stored_keys(session, SYNC_TYPES)

@@ -58,6 +58,7 @@ class MiniServer:
         self.includes = includes
         self.revincludes = revincludes
         self.history_offered = history
+        self.warn = False  # each searchset also carries an OperationOutcome (mode "outcome")
         self.clock = datetime.fromisoformat("2026-12-01T09:00:00+00:00")
         self.current: dict[str, JSON] = {}  # key -> resource
         # (key, version, when, resource or None for a deletion), oldest first
@@ -186,6 +187,12 @@ class MiniServer:
             for k, r in included.items()
             if k not in keys
         ]
+        if self.warn:
+            warning = {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "warning", "code": "informational", "diagnostics": "!"}],
+            }
+            body["entry"].append({"resource": warning, "search": {"mode": "outcome"}})
         return body
 
     def _history(self, rtype: str, params: list[tuple[str, str]], url: httpx.URL) -> JSON:

@@ -128,6 +128,15 @@ def test_the_sync_fetches_what_the_referrals_need_and_nothing_more(
     assert "DocumentReference:related" in queries[0].params.get_list("_revinclude")
 
 
+def test_a_servers_outcome_entries_in_search_pages_are_not_resources_to_store(
+    server: MiniServer, db: str
+) -> None:
+    server.warn = True
+    summary = sync_once(db)
+    assert stored(db) == NEEDED
+    assert summary.quarantined == 1  # the malformed patient only
+
+
 def test_without_includes_revincludes_or_history_separate_queries_fetch_the_same(
     bare_server: MiniServer, db: str
 ) -> None:
@@ -315,3 +324,22 @@ def test_the_command_line_overlap_default_is_the_sync_default() -> None:
 
     assert OVERLAP.total_seconds() == DEFAULT_OVERLAP_SECONDS
     assert PAGE_SIZE == DEFAULT_PAGE_SIZE
+
+
+def test_the_progress_line_draws_a_bar_from_the_servers_total() -> None:
+    import io
+
+    from adapter.cli import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(out)
+    page = {"event": "page", "step": "referrals", "type": "ServiceRequest", "total": 4}
+    bar.show({**page, "matches": 1, "resources": 5, "fetched": 5, "changed": 5})
+    bar.show({**page, "matches": 3, "resources": 9, "fetched": 14, "changed": 12})
+    bar.show({"event": "evaluated", "referrals": 4, "moved": 4, "removed": 0})  # not drawn
+    bar.end()
+    drawn = out.getvalue().split("\r")[1:]
+    assert drawn[0].startswith("referral-adapter: referrals ServiceRequest [" + "#" * 6 + ".")
+    assert "fetched 5, changed 5" in drawn[0]
+    assert "[" + "#" * ProgressBar.WIDTH + "]" in drawn[1]
+    assert drawn[1].endswith("fetched 14, changed 12\x1b[K\n")
