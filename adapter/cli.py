@@ -24,6 +24,7 @@ PROG = "referral-adapter"
 EXIT_UNREADABLE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE
 TOKEN_VARIABLE = "REFERRAL_ADAPTER_FHIR_TOKEN"
+SMART_ENV_PREFIX = "REFERRAL_ADAPTER_SMART_"
 DEFAULT_DB = "sqlite:///referral-adapter.db"
 DEFAULT_OVERLAP_SECONDS = 300  # adapter.sync.OVERLAP; a test keeps the two equal
 DEFAULT_PAGE_SIZE = 100  # adapter.sync.PAGE_SIZE; the same test
@@ -45,13 +46,67 @@ def report(where: str, message: str) -> None:
     sys.stderr.write(f"{PROG}: {where}: {message}\n")
 
 
-def _fhir_client(base_url: str, http: Any) -> Any:
-    """A FHIR client on a base URL, with the bearer token from the environment if one is set."""
+def _fhir_client(args: argparse.Namespace, http: Any) -> Any:
+    """A FHIR client on --fhir-base: SMART Backend Services when --smart-client-id is given,
+    else the bearer token from the environment if one is set, else no authentication."""
     from adapter.fhir_client import FhirClient
-    from adapter.smart_auth import BearerToken
+    from adapter.smart_auth import BearerToken, SmartBackendAuth
 
     token = os.environ.get(TOKEN_VARIABLE)
-    return FhirClient(base_url, http, BearerToken(token) if token else None)
+    smart = (args.smart_client_id, args.smart_key, args.smart_key_id)
+    if any(smart):
+        if not all(smart):
+            raise ConfigError(
+                "SMART Backend Services needs --smart-client-id, --smart-key and --smart-key-id "
+                "together"
+            )
+        if token:
+            raise ConfigError(f"{TOKEN_VARIABLE} is set: use it or SMART options, not both")
+        try:
+            pem = Path(args.smart_key).read_bytes()
+        except OSError as error:
+            raise ConfigError(
+                f"--smart-key {args.smart_key}: cannot read ({error.strerror})"
+            ) from None
+        auth: Any = SmartBackendAuth(
+            args.fhir_base,
+            args.smart_client_id,
+            pem,
+            args.smart_key_id,
+            scope=args.smart_scope,
+            token_endpoint=args.smart_token_endpoint,
+        )
+        return FhirClient(args.fhir_base, http, auth)
+    return FhirClient(args.fhir_base, http, BearerToken(token) if token else None)
+
+
+def _server_options(command: argparse.ArgumentParser) -> None:
+    """--fhir-base and how to authenticate to it."""
+    command.add_argument(
+        "--fhir-base",
+        required=True,
+        metavar="URL",
+        help="the server's FHIR base URL, e.g. http://127.0.0.1:8080/fhir",
+    )
+    smart = command.add_argument_group(
+        "SMART Backend Services",
+        f"Authenticate with a signed private_key_jwt (RS384 or ES384) for a client_credentials "
+        f"token; the token endpoint is discovered from .well-known/smart-configuration unless "
+        f"given. Without these options a bearer token is read from {TOKEN_VARIABLE}, if set. "
+        f"Each option can also come from the environment ({SMART_ENV_PREFIX}CLIENT_ID, ...).",
+    )
+    for name, metavar, text in (
+        ("client-id", "ID", "the client id registered with the EHR"),
+        ("key", "PEM", "the private key file (RSA of 2048 bits or more, or EC P-384)"),
+        ("key-id", "KID", "the key's id in the registered JWK Set"),
+        ("scope", "SCOPES", "scopes to ask for (default system/*.rs)"),
+        ("token-endpoint", "URL", "the token endpoint, when not discovered"),
+    ):
+        variable = SMART_ENV_PREFIX + name.upper().replace("-", "_")
+        default = os.environ.get(variable)
+        if name == "scope":
+            default = default or "system/*.rs"
+        smart.add_argument(f"--smart-{name}", metavar=metavar, default=default, help=text)
 
 
 def _progress_printer(stream: TextIO, what: str) -> Callable[[int], None] | None:
@@ -115,7 +170,7 @@ def _load(args: argparse.Namespace) -> int:
 
     progress = _progress_printer(sys.stderr, "resources written")
     with make_http_client() as http:
-        client = _fhir_client(args.fhir_base, http)
+        client = _fhir_client(args, http)
         result = load_input(args.input, client, report, progress, args.batch_size)
     if progress is not None:
         sys.stderr.write("\n")
@@ -150,7 +205,7 @@ def _sync(args: argparse.Namespace) -> int:
 
     engine = _engine(args.db)
     with make_http_client() as http:
-        client = _fhir_client(args.fhir_base, http)
+        client = _fhir_client(args, http)
         while True:
             try:
                 with bulk_allocation():
@@ -328,12 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(PUT). Unreadable resources are reported and skipped. A bearer token, if the server "
         f"needs one, is read from the environment variable {TOKEN_VARIABLE}.",
     )
-    load.add_argument(
-        "--fhir-base",
-        required=True,
-        metavar="URL",
-        help="the server's FHIR base URL, e.g. http://127.0.0.1:8080/fhir",
-    )
+    _server_options(load)
     load.add_argument("--input", required=True, type=Path, metavar="PATH")
     load.add_argument(
         "--batch-size",
@@ -351,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         "store it (newest version wins), quarantine what cannot be read, and re-evaluate the "
         f"referrals. A bearer token, if needed, is read from {TOKEN_VARIABLE}.",
     )
-    sync.add_argument("--fhir-base", required=True, metavar="URL")
+    _server_options(sync)
     sync.add_argument(
         "--db",
         default=DEFAULT_DB,

@@ -343,3 +343,100 @@ def test_the_progress_line_draws_a_bar_from_the_servers_total() -> None:
     assert "fetched 5, changed 5" in drawn[0]
     assert "[" + "#" * ProgressBar.WIDTH + "]" in drawn[1]
     assert drawn[1].endswith("fetched 14, changed 12\x1b[K\n")
+
+
+def test_sync_authenticates_with_smart_backend_services_from_the_command_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from adapter import cli
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    token_url = "http://auth.test/token"
+    server = MiniServer()
+    fill(server)
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{BASE}/.well-known/smart-configuration").mock(
+            return_value=httpx.Response(200, json={"token_endpoint": token_url})
+        )
+        token = router.post(token_url).mock(
+            return_value=httpx.Response(
+                200, json={"access_token": "tok-1", "token_type": "bearer", "expires_in": 300}
+            )
+        )
+        fhir = router.route(url__startswith=BASE).mock(side_effect=server.handle)
+        monkeypatch.delenv(cli.TOKEN_VARIABLE, raising=False)
+        monkeypatch.setenv("REFERRAL_ADAPTER_SMART_KEY_ID", "kid-1")  # from the environment
+        argv = ["sync", "--fhir-base", BASE, "--db", f"sqlite:///{tmp_path / 's.db'}"]
+        argv += ["--smart-client-id", "adapter-1", "--smart-key", str(pem), "--json"]
+        assert cli.main([*argv, "--as-of", "2025-01-15T12:00:00Z"]) == 0
+    assert token.call_count == 1  # one token for the whole sync
+    form = dict(httpx.QueryParams(token.calls[0].request.content.decode()))
+    assert form["grant_type"] == "client_credentials"
+    assert form["scope"] == "system/*.rs"
+    claims = jwt.decode(
+        form["client_assertion"], key.public_key(), algorithms=["ES384"], audience=token_url
+    )
+    assert claims["iss"] == claims["sub"] == "adapter-1"
+    assert jwt.get_unverified_header(form["client_assertion"])["kid"] == "kid-1"
+    assert fhir.calls
+    assert all(c.request.headers["Authorization"] == "Bearer tok-1" for c in fhir.calls)
+    events = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["referrals"] == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "token", "message"),
+    [
+        (
+            ["--smart-client-id", "a"],
+            None,
+            "needs --smart-client-id, --smart-key and --smart-key-id",
+        ),
+        (
+            ["--smart-client-id", "a", "--smart-key", "k.pem", "--smart-key-id", "1"],
+            "static",
+            "use it or SMART options, not both",
+        ),
+        (
+            ["--smart-client-id", "a", "--smart-key", "/nonexistent.pem", "--smart-key-id", "1"],
+            None,
+            "--smart-key /nonexistent.pem: cannot read",
+        ),
+    ],
+)
+def test_incomplete_or_conflicting_authentication_options_are_refused_in_one_line(
+    *,
+    options: list[str],
+    token: str | None,
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from adapter import cli
+
+    for name in ("CLIENT_ID", "KEY", "KEY_ID"):
+        monkeypatch.delenv(f"REFERRAL_ADAPTER_SMART_{name}", raising=False)
+    if token:
+        monkeypatch.setenv(cli.TOKEN_VARIABLE, token)
+    else:
+        monkeypatch.delenv(cli.TOKEN_VARIABLE, raising=False)
+    argv = ["sync", "--fhir-base", BASE, "--db", f"sqlite:///{tmp_path / 's.db'}", *options]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.splitlines()) == 1
