@@ -92,6 +92,8 @@ BATCH = 100
 # Re-read this much before the cursor: server clocks drift and a transaction that started before
 # our last page may commit (and become searchable) after it.
 OVERLAP = timedelta(minutes=5)
+# Reads of one search when its pages shift under concurrent writes (see `_Run._whole`).
+READS = 3
 
 INCLUDES = ("ServiceRequest:subject", "ServiceRequest:requester", "ServiceRequest:insurance")
 
@@ -263,6 +265,31 @@ class _Run:
     def _search(self, resource_type: str, params: list[tuple[str, str]]) -> Iterator[JSON]:
         return self._pages(self.client.search(resource_type, params))
 
+    def _whole(self, resource_type: str, params: list[tuple[str, str]]) -> Iterator[JSON]:
+        """The search's pages, read again (up to READS times in all) when fewer distinct
+        matches came than the server's `total`. A server that pages by offset without a
+        snapshot (sekmet does) shifts the later pages when a resource is written between two
+        page reads, and the match that slid back over the page boundary would be missed for
+        good: its `_lastUpdated` is behind the cursor the other pages moved."""
+        for _ in range(READS):
+            seen: set[str] = set()
+            total = None
+            for page in self._search(resource_type, params):
+                if total is None and isinstance(page.get("total"), int):
+                    total = page["total"]
+                seen.update(k for mode, r in _entries(page) if mode == "match" and (k := _key(r)))
+                yield page
+            if total is None or len(seen) >= total:
+                return
+            self.summary.note(
+                f"{resource_type}: the server's pages shifted under a concurrent write "
+                f"({len(seen)} of {total} matches came); read again"
+            )
+        self.summary.note(
+            f"{resource_type}: pages still shifting after {READS} reads; some changes may "
+            "only be seen when they change again"
+        )
+
     def _by_reference(self, tie: Tie, targets: Sequence[str]) -> list[JSON]:
         """The resources of `tie.type` whose `tie.param` points at any of `targets`."""
         if not targets:
@@ -404,7 +431,7 @@ class _Run:
                     "separate queries"
                 )
         by_patient = [tie for tie in TIES if tie.target == "Patient"]
-        for page in self._search("ServiceRequest", params):
+        for page in self._whole("ServiceRequest", params):
             matches: list[JSON] = []
             resources: list[JSON] = []
             for mode, resource in _entries(page):
@@ -526,7 +553,7 @@ class _Run:
             ("_sort", "_lastUpdated"),
             ("_lastUpdated", f"ge{since}"),
         ]
-        for page in self._search(resource_type, params):
+        for page in self._whole(resource_type, params):
             matches = [r for mode, r in _entries(page) if mode == "match"]
             kept = [r for r in matches if self._tied(r)]
             kept.extend(self._resolve(kept))

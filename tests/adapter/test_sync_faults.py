@@ -150,6 +150,28 @@ def test_without_includes_revincludes_or_history_separate_queries_fetch_the_same
     assert all("_include" not in u.params for u in bare_server.requests)
 
 
+def test_pages_shifted_by_a_concurrent_write_are_read_again_so_nothing_is_skipped(
+    server: MiniServer, db: str
+) -> None:
+    # The scripted server pages by offset without a snapshot, as sekmet does. While the sync
+    # reads page 2, Ada's referral (on page 1) is updated and moves to the end: ref-2 slides
+    # back onto page 1, which was read already.
+    writes = []
+
+    def concurrent_write(request: httpx.Request) -> None:
+        if request.url.path.endswith("/ServiceRequest") and request.url.params.get("page") == "2":
+            if not writes:
+                writes.append(server.put(p.ada_referral(priority="urgent")))
+
+    server.fault = concurrent_write
+    summary = sync_once(db)
+    assert writes
+    assert stored(db) == NEEDED  # ref-2 included
+    assert any("pages shifted under a concurrent write (2 of 3" in n for n in summary.notes)
+    evaluation = referral(db, "ServiceRequest/ref-ada-cardio") or {}
+    assert evaluation["referral"] == "ServiceRequest/ref-ada-cardio"
+
+
 def test_a_failing_page_stops_the_sync_and_the_rerun_misses_nothing(
     server: MiniServer, db: str
 ) -> None:
