@@ -6,6 +6,8 @@ a dump of the server's resources, evaluated by `segment`, must equal what `sync`
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,12 +17,14 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapter import store
 from adapter.cli import main
 from adapter.fhir_client import FhirClient
 from adapter.http_policy import make_http_client
+from adapter.store_models import StoredResource
 from adapter.sync import SYNC_TYPES
 from adapter.synth import synth_to_dir
 
@@ -281,3 +285,42 @@ def test_a_full_sync_from_sekmet_stores_what_segment_makes_of_the_server(
     from_server = lines_of(capsys, ["segment", "--input", str(folder), "--as-of", as_of])
     assert len(stored) >= 20
     assert stored == from_server
+
+
+def test_a_write_between_two_pages_on_sekmet_does_not_make_the_sync_skip_a_referral(
+    sekmet_base_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # sekmet pages by offset without a snapshot: a referral updated while the sync reads the
+    # pages moves to the end of the `_lastUpdated` order, and the rest shift back by one.
+    export = tmp_path / "export"
+    synth_to_dir(20, 43, datetime(2026, 12, 3, tzinfo=UTC), export)
+    assert main(["load", "--fhir-base", sekmet_base_url, "--input", str(export)]) == 0
+    capsys.readouterr()
+    db = f"sqlite:///{tmp_path / 'shifted.db'}"
+    command = [str(Path(sys.executable).with_name("referral-adapter")), "sync"]
+    command += ["--fhir-base", sekmet_base_url, "--db", db, "--json", "--page-size", "2"]
+    with make_http_client(timeout=60.0) as http:
+        client = FhirClient(sekmet_base_url, http)
+        oldest = next(client.search("ServiceRequest", {"_sort": "_lastUpdated", "_count": "1"}))
+        first = oldest["entry"][0]["resource"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert process.stdout is not None
+        events = [orjson.loads(process.stdout.readline())]
+        assert events[0]["step"] == "referrals"  # the first page is stored: now write
+        client.update({**first, "priority": "asap"})
+        events += [orjson.loads(line) for line in process.stdout]
+        assert process.wait() == 0
+        on_server = {
+            (r["id"], r["meta"]["versionId"])
+            for page in client.search("ServiceRequest", {"_count": "200"})
+            for r in (e["resource"] for e in page.get("entry", []))
+        }
+    assert any("pages shifted under a concurrent write" in n for n in events[-1]["notes"])
+    engine = store.make_engine(db)
+    with Session(engine) as session:
+        rows = session.execute(
+            select(StoredResource.id, StoredResource.version_id).where(
+                StoredResource.resource_type == "ServiceRequest"
+            )
+        ).all()
+    assert {tuple(row) for row in rows} == on_server
