@@ -11,9 +11,22 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, and_, create_engine, delete, event, func, or_, select, update
+import orjson
+from sqlalchemy import (
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
@@ -50,6 +63,7 @@ __all__ = [
     "release_quarantine",
     "remove_referrals",
     "save_evaluation",
+    "save_evaluations",
     "stored_evaluation",
     "stored_evaluations",
     "stored_keys",
@@ -64,6 +78,9 @@ _MIGRATION_LOCK = 0x5EF3_1A1
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An engine for the store; SQLite gets WAL, a busy timeout and write-locking transactions."""
     url = make_url(url)
+    # orjson for the JSON columns: the stdlib encoder was a good share of a sync's own time.
+    kwargs.setdefault("json_serializer", _json_text)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if url.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)
@@ -86,6 +103,10 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def upgrade(url: str | URL, revision: str = "head") -> None:
@@ -207,7 +228,11 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
             rows[key] = row
     if not rows:
         return 0
-    stmt = _insert(session)(StoredResource).values(list(rows.values()))
+    # One statement executed with many parameter sets: SQLAlchemy batches them into multi-row
+    # INSERTs ("insertmanyvalues") with a cached compilation, instead of compiling one
+    # statement with thousands of bind parameters per page.
+    # The Core table, not the mapped class: the ORM's bulk path costs more than the SQL.
+    stmt = _insert(session)(StoredResource.__table__)
     new, old = stmt.excluded, StoredResource.__table__.c
     both_numbered = and_(new.version_num.is_not(None), old.version_num.is_not(None))
     both_dated = and_(new.last_updated.is_not(None), old.last_updated.is_not(None))
@@ -230,7 +255,7 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
         set_={key: stmt.excluded[key] for key in columns},
         where=newer,
     ).returning(old.id)
-    return len(session.execute(stmt).all())
+    return len(session.execute(stmt, list(rows.values())).all())
 
 
 def _newer(row: dict[str, Any], than: dict[str, Any]) -> bool:
@@ -308,72 +333,98 @@ def save_evaluation(session: Session, evaluation: ReferralEvaluation, as_of: dat
     An evaluation at an earlier as_of than the stored one is ignored: a slow concurrent sync
     must not put back an older picture.
     """
+    return save_evaluations(session, [evaluation], as_of) == 1
+
+
+# Up to this many evaluations, the stored rows are read by key; above it, all of them (a sync
+# evaluates every referral, and one read beats thousands of bind parameters).
+_BY_KEY = 500
+
+
+def save_evaluations(
+    session: Session, evaluations: Iterable[ReferralEvaluation], as_of: datetime
+) -> int:
+    """`save_evaluation` for many referrals in a few statements; how many changed state or
+    segments (each with a history row)."""
     as_of = _aware(as_of)
     values = {
-        "key": evaluation.referral,
-        "patient": evaluation.patient,
-        "state": evaluation.state,
-        "primary_segment": evaluation.primary_segment,
-        "segments": list(evaluation.segments),
-        "evaluation": evaluation.to_json(),
-        "evaluated_at": as_of,
+        e.referral: {
+            "key": e.referral,
+            "patient": e.patient,
+            "state": e.state,
+            "primary_segment": e.primary_segment,
+            "segments": list(e.segments),
+            "evaluation": e.to_json(),
+            "evaluated_at": as_of,
+        }
+        for e in evaluations
     }
-    created = session.execute(
-        _insert(session)(Referral)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["key"])
-        .returning(Referral.key)
-    ).first()
-    if created is not None:
-        _record_change(
-            session, evaluation, from_state=None, from_segments=None, from_primary=None, as_of=as_of
-        )
-        return True
-    # The row exists: lock it (PostgreSQL; SQLite's transaction holds the write lock already)
+    if not values:
+        return 0
+    by_key = {e["key"]: e for e in values.values()}
+    # The rows that exist, locked (PostgreSQL; SQLite's transaction holds the write lock already)
     # so that two writers cannot both see the old segments and both record the change.
-    row = session.execute(
-        select(Referral.state, Referral.segments, Referral.primary_segment, Referral.evaluated_at)
-        .where(Referral.key == evaluation.referral)
-        .with_for_update()
-    ).one()
-    if as_of < row.evaluated_at:
-        return False
-    session.execute(update(Referral).where(Referral.key == evaluation.referral).values(values))
-    if row.state == evaluation.state and list(row.segments) == list(evaluation.segments):
-        return False
-    _record_change(
-        session,
-        evaluation,
-        from_state=row.state,
-        from_segments=row.segments,
-        from_primary=row.primary_segment,
-        as_of=as_of,
+    columns = select(
+        Referral.key,
+        Referral.state,
+        Referral.segments,
+        Referral.primary_segment,
+        Referral.evaluated_at,
     )
-    return True
+    if len(values) <= _BY_KEY:
+        columns = columns.where(Referral.key.in_(list(values)))
+    stored = {row.key: row for row in session.execute(columns.with_for_update())}
+    fresh = [v for key, v in values.items() if key not in stored]
+    created: set[str] = set()
+    if fresh:
+        table = Referral.__table__
+        insert = _insert(session)(table).on_conflict_do_nothing(index_elements=["key"])
+        created = set(session.execute(insert.returning(table.c.key), fresh).scalars())
+        if len(created) < len(fresh):  # another writer created some in between
+            late = [v["key"] for v in fresh if v["key"] not in created]
+            stored |= {
+                row.key: row
+                for row in session.execute(columns.where(Referral.key.in_(late)).with_for_update())
+            }
+    changes: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for key, row in stored.items():
+        value = by_key.get(key)
+        if value is None or as_of < row.evaluated_at:
+            continue
+        updates.append(value)
+        if row.state != value["state"] or list(row.segments) != value["segments"]:
+            changes.append(_change(value, row.state, row.segments, row.primary_segment, as_of))
+    changes.extend(_change(by_key[key], None, None, None, as_of) for key in created)
+    if updates:
+        table = cast(Table, Referral.__table__)
+        session.execute(
+            update(table).where(table.c.key == bindparam("old_key")),
+            [{**value, "old_key": value["key"]} for value in updates],
+        )
+    if changes:
+        session.execute(_insert(session)(SegmentChange.__table__), changes)
+    return len(changes)
 
 
-def _record_change(
-    session: Session,
-    evaluation: ReferralEvaluation,
-    *,
+def _change(
+    value: dict[str, Any],
     from_state: str | None,
     from_segments: list[str] | None,
     from_primary: str | None,
     as_of: datetime,
-) -> None:
-    session.execute(
-        _insert(session)(SegmentChange).values(
-            referral_key=evaluation.referral,
-            from_state=from_state,
-            to_state=evaluation.state,
-            from_segments=from_segments,
-            to_segments=list(evaluation.segments),
-            from_primary=from_primary,
-            to_primary=evaluation.primary_segment,
-            as_of=as_of,
-            reasons=[reason.to_json() for reason in evaluation.reasons],
-        )
-    )
+) -> dict[str, Any]:
+    return {
+        "referral_key": value["key"],
+        "from_state": from_state,
+        "to_state": value["state"],
+        "from_segments": from_segments,
+        "to_segments": value["segments"],
+        "from_primary": from_primary,
+        "to_primary": value["primary_segment"],
+        "as_of": as_of,
+        "reasons": value["evaluation"]["reasons"],
+    }
 
 
 REMOVED = "removed"  # the to_state of a history row whose referral left the store

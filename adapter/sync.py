@@ -35,11 +35,14 @@ state or segments is appended to the segment history.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from queue import Empty, Queue
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -65,6 +68,7 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
+T = TypeVar("T")
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
 
@@ -430,6 +434,24 @@ class _Run:
                     f"ServiceRequest: _revinclude={revinclude} is not offered; fetched by "
                     "separate queries"
                 )
+        for page, matches, resources in _ahead(self._referral_pages(params, separate)):
+            newest = None
+            for resource in matches:
+                newest = _later(newest, _updated(resource))
+            first = None
+            if fresh:
+                meta = page.get("meta")
+                now = parse_instant(meta.get("lastUpdated")) if isinstance(meta, dict) else None
+                first = (fresh, min(now or self.started, self.started))
+                fresh = ()
+            self._store(resources, cursor=("ServiceRequest", newest), first_cursors=first)
+            self._emit("referrals", "ServiceRequest", page, len(matches), len(resources))
+
+    def _referral_pages(
+        self, params: list[tuple[str, str]], separate: Sequence[Tie]
+    ) -> Iterator[tuple[JSON, list[JSON], list[JSON]]]:
+        """Each page of the referral query with everything its referrals need: (the page, its
+        matches, all its resources). Runs on the fetching thread (see `_ahead`)."""
         by_patient = [tie for tie in TIES if tie.target == "Patient"]
         for page in self._whole("ServiceRequest", params):
             matches: list[JSON] = []
@@ -447,17 +469,7 @@ class _Run:
             for tie in by_patient:
                 resources.extend(self._by_reference(tie, patients))
             resources.extend(self._resolve(resources))
-            newest = None
-            for resource in matches:
-                newest = _later(newest, _updated(resource))
-            first = None
-            if fresh:
-                meta = page.get("meta")
-                now = parse_instant(meta.get("lastUpdated")) if isinstance(meta, dict) else None
-                first = (fresh, min(now or self.started, self.started))
-                fresh = ()
-            self._store(resources, cursor=("ServiceRequest", newest), first_cursors=first)
-            self._emit("referrals", "ServiceRequest", page, len(matches), len(resources))
+            yield page, matches, resources
 
     # -- 2. changes to context, 3. deletions ---------------------------------------------------
 
@@ -564,6 +576,40 @@ class _Run:
             self._emit("changes", resource_type, page, len(matches), len(kept))
 
 
+def _ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """The items, produced by a thread of their own up to `depth` ahead of the consumer: the
+    next pages are fetched (the server working, this process waiting on the network) while
+    this one is validated and stored. The producer's error is raised here, in order."""
+    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                queue.put(("item", item))
+                if stop.is_set():
+                    return
+            queue.put(("end", None))
+        except BaseException as error:  # handed to the consumer
+            queue.put(("error", error))
+
+    thread = threading.Thread(target=produce, name="sync-fetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a producer blocked on a full queue see `stop`
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.1)
+
+
 def _history_entries(page: JSON) -> Iterator[JSON]:
     for entry in page.get("entry") or ():
         if isinstance(entry, dict):
@@ -591,17 +637,11 @@ def evaluate_store(
 ) -> tuple[int, int, int]:
     """Evaluate every stored referral and save it; (referrals, how many changed state or
     segments, how many left the store)."""
-    evaluator = evaluate_stored(engine, rules, as_of, on_problem)
-    referrals = moved = 0
-    present: set[str] = set()
+    evaluations = list(evaluate_stored(engine, rules, as_of, on_problem))
     with Session(engine) as session, session.begin():
-        for evaluation in evaluator:
-            referrals += 1
-            present.add(evaluation.referral)
-            if store.save_evaluation(session, evaluation, as_of):
-                moved += 1
-        removed = store.remove_referrals(session, present, as_of)
-    return referrals, moved, removed
+        moved = store.save_evaluations(session, evaluations, as_of)
+        removed = store.remove_referrals(session, {e.referral for e in evaluations}, as_of)
+    return len(evaluations), moved, removed
 
 
 def run_sync(

@@ -128,6 +128,17 @@ def test_a_refused_resource_is_isolated_and_the_others_still_load(tmp_path: Path
     )
 
 
+def test_refused_resources_are_found_by_halves_not_one_request_each(tmp_path: Path) -> None:
+    patients = [{**p.ada_quill(), "id": f"pat-{n:03d}"} for n in range(128)]
+    server = RecordingServer(refuse={"pat-005", "pat-100"})
+    result = load_input(write_ndjson(tmp_path / "many.ndjson", patients), server, lambda w, m: None)
+    assert (result.written, result.refused) == (126, 2)
+    # One batch of 128 refused, then halves down to the two refused ones: 1 + 2 * 2 * 7
+    # transactions at most, against 129 when each resource is tried alone.
+    assert result.transactions <= 1 + 2 * 2 * 7
+    assert len(server.sent()) == 126
+
+
 def test_a_server_that_is_down_stops_the_load(tmp_path: Path) -> None:
     with pytest.raises(TemporaryServerError):
         load_input(

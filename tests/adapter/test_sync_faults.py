@@ -159,9 +159,9 @@ def test_pages_shifted_by_a_concurrent_write_are_read_again_so_nothing_is_skippe
     writes = []
 
     def concurrent_write(request: httpx.Request) -> None:
-        if request.url.path.endswith("/ServiceRequest") and request.url.params.get("page") == "2":
-            if not writes:
-                writes.append(server.put(p.ada_referral(priority="urgent")))
+        page_two = request.url.params.get("page") == "2"
+        if request.url.path.endswith("/ServiceRequest") and page_two and not writes:
+            writes.append(server.put(p.ada_referral(priority="urgent")))
 
     server.fault = concurrent_write
     summary = sync_once(db)
