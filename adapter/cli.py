@@ -208,17 +208,19 @@ def _sync(args: argparse.Namespace) -> int:
         client = _fhir_client(args, http)
         while True:
             try:
-                with bulk_allocation():
-                    summary = run_sync(
-                        client,
-                        engine,
-                        rules,
-                        on_problem=report,
-                        on_event=on_event,
-                        as_of=args.as_of,
-                        overlap=timedelta(seconds=args.overlap_seconds),
-                        page_size=args.page_size,
-                    )
+                # Not under bulk_allocation: pages come and go, and their garbage has cycles
+                # (sessions, responses) that only the collector frees. The index is built
+                # with it paused (evaluate_stored).
+                summary = run_sync(
+                    client,
+                    engine,
+                    rules,
+                    on_problem=report,
+                    on_event=on_event,
+                    as_of=args.as_of,
+                    overlap=timedelta(seconds=args.overlap_seconds),
+                    page_size=args.page_size,
+                )
             except TemporaryServerError as error:
                 if args.every is None:
                     raise

@@ -36,6 +36,7 @@ state or segments is appended to the segment history.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -49,7 +50,7 @@ from sqlalchemy.orm import Session
 
 from adapter import store
 from adapter.fhir_client import FhirClient
-from adapter.segmenting import index_resources
+from adapter.segmenting import bulk_allocation, index_resources
 from mappings.base_validation import validate_resource
 from mappings.fhirtime import parse_instant
 from mappings.references import reference_key
@@ -623,7 +624,7 @@ def evaluate_stored(
     on_problem: Callable[[str, str], None],
 ) -> Evaluator:
     """An evaluator over the stored resources (validated by the sync before it stored them)."""
-    with Session(engine) as session:
+    with Session(engine) as session, bulk_allocation():
         stored = store.iter_resources(session, SYNC_TYPES)
         index, _ = index_resources(stored, on_problem, validated=True)
     return Evaluator(index, rules, as_of)
@@ -637,11 +638,24 @@ def evaluate_store(
 ) -> tuple[int, int, int]:
     """Evaluate every stored referral and save it; (referrals, how many changed state or
     segments, how many left the store)."""
-    evaluations = list(evaluate_stored(engine, rules, as_of, on_problem))
+    evaluator = evaluate_stored(engine, rules, as_of, on_problem)
+    present: set[str] = set()
+    moved = 0
     with Session(engine) as session, session.begin():
-        moved = store.save_evaluations(session, evaluations, as_of)
-        removed = store.remove_referrals(session, {e.referral for e in evaluations}, as_of)
-    return len(evaluations), moved, removed
+        # Saved in chunks, so that only one chunk's evaluations are held at a time.
+        for chunk in _chunks(iter(evaluator), SAVE_CHUNK):
+            present.update(e.referral for e in chunk)
+            moved += store.save_evaluations(session, chunk, as_of)
+        removed = store.remove_referrals(session, present, as_of)
+    return len(present), moved, removed
+
+
+SAVE_CHUNK = 500
+
+
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 def run_sync(
