@@ -53,7 +53,7 @@ from adapter.fhir_client import FhirClient
 from adapter.segmenting import bulk_allocation, index_resources
 from mappings.base_validation import validate_resource
 from mappings.fhirtime import parse_instant
-from mappings.references import reference_key
+from mappings.references import references_at
 from mappings.referral import Evaluator
 from mappings.rules import PracticeRules
 
@@ -168,22 +168,6 @@ def _key(resource: JSON) -> str | None:
     if isinstance(rtype, str) and isinstance(rid, str) and rid:
         return f"{rtype}/{rid}"
     return None
-
-
-def _references(resource: JSON, path: str) -> Iterator[str]:
-    """The `Type/id` keys of the references at a dotted element path (lists flattened)."""
-    values: list[Any] = [resource]
-    for name in path.split("."):
-        found: list[Any] = []
-        for value in values:
-            if isinstance(value, dict):
-                item = value.get(name)
-                found.extend(item if isinstance(item, list) else [item])
-        values = found
-    for value in values:
-        key = reference_key(value)
-        if key is not None and key.count("/") == 1 and not key.startswith("urn:"):
-            yield key
 
 
 def _entries(page: JSON) -> Iterator[tuple[str, JSON]]:
@@ -324,7 +308,7 @@ class _Run:
                 key
                 for resource in newest
                 for path in WANTED.get(resource.get("resourceType", ""), ())
-                for key in _references(resource, path)
+                for key in references_at(resource, path)
                 if key.split("/", 1)[0] in CONTEXT_TYPES
             }
             wanted -= have | self.asked
@@ -463,7 +447,12 @@ class _Run:
                     matches.append(resource)
             referrals = sorted({k for k in map(_key, matches) if k})
             patients = sorted(
-                {k for r in matches for k in _references(r, "subject") if k.startswith("Patient/")}
+                {
+                    k
+                    for r in matches
+                    for k in references_at(r, "subject")
+                    if k.startswith("Patient/")
+                }
             )
             for tie in separate:
                 resources.extend(self._by_reference(tie, referrals))
@@ -493,7 +482,7 @@ class _Run:
             target in known and target.startswith(f"{tie.target}/")
             for tie in TIES
             if tie.type == rtype
-            for target in _references(resource, tie.element)
+            for target in references_at(resource, tie.element)
         )
 
     def deletions(self, resource_type: str, cursor: datetime) -> None:

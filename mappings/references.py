@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["identifier_keys", "reference_key", "reference_type", "resource_key"]
+__all__ = [
+    "identifier_keys",
+    "reference_key",
+    "reference_type",
+    "references_at",
+    "resource_key",
+]
 
 
 def resource_key(resource: dict[str, Any], full_url: str | None = None) -> str | None:
@@ -66,4 +72,24 @@ def identifier_keys(resource: dict[str, Any]) -> list[str]:
         value = identifier.get("value") if isinstance(identifier, dict) else None
         if isinstance(value, str):
             keys.append(f"identifier:{identifier.get('system') or ''}|{value}")
+    return keys
+
+
+def references_at(resource: dict[str, Any], path: str) -> list[str]:
+    """The `Type/id` keys of the literal references at a dotted element path (e.g.
+    `context.related`), lists flattened; contained, urn: and identifier-only references left
+    out (they name nothing a server can be asked for by id)."""
+    values: list[Any] = [resource]
+    for name in path.split("."):
+        found: list[Any] = []
+        for value in values:
+            if isinstance(value, dict):
+                item = value.get(name)
+                found.extend(item if isinstance(item, list) else [item])
+        values = found
+    keys = []
+    for value in values:
+        key = reference_key(value)
+        if key is not None and key.count("/") == 1 and not key.startswith(("urn:", "identifier:")):
+            keys.append(key)
     return keys

@@ -18,7 +18,7 @@ import httpx
 
 from adapter.sync import SYNC_TYPES, TIES
 from mappings.fhirtime import parse_instant
-from mappings.references import reference_key
+from mappings.references import references_at
 
 BASE = "http://ehr.test/fhir"
 JSON = dict[str, Any]
@@ -27,18 +27,6 @@ PARAMS = {(t.type, t.param): t.element for t in TIES} | {
     ("ServiceRequest", "subject"): "subject",
     ("ServiceRequest", "requester"): "requester",
 }
-
-
-def _refs(resource: JSON, path: str) -> list[str]:
-    values: list[Any] = [resource]
-    for name in path.split("."):
-        found: list[Any] = []
-        for value in values:
-            if isinstance(value, dict):
-                item = value.get(name)
-                found.extend(item if isinstance(item, list) else [item])
-        values = found
-    return [k for k in map(reference_key, values) if k]
 
 
 def outcome(status: int, text: str) -> httpx.Response:
@@ -161,7 +149,7 @@ class MiniServer:
             elif (rtype, name) in PARAMS:
                 wanted = set(value.split(","))
                 element = PARAMS[rtype, name]
-                found = [r for r in found if wanted & set(_refs(r, element))]
+                found = [r for r in found if wanted & set(references_at(r, element))]
         found.sort(key=lambda r: (r["meta"]["lastUpdated"], r["id"]))
         body = self._page(
             url, [{"resource": r, "search": {"mode": "match"}} for r in found], params, "searchset"
@@ -173,13 +161,13 @@ class MiniServer:
             source, _, param = value.partition(":")
             if name == "_include" and self.includes:
                 for resource in matches:
-                    for key in _refs(resource, PARAMS[source, param]):
+                    for key in references_at(resource, PARAMS[source, param]):
                         if key in self.current:
                             included[key] = self.current[key]
             elif name == "_revinclude" and self.revincludes:
                 for key, resource in self.current.items():
                     if key.startswith(f"{source}/") and keys & set(
-                        _refs(resource, PARAMS[source, param])
+                        references_at(resource, PARAMS[source, param])
                     ):
                         included[key] = resource
         body["entry"] += [
