@@ -80,6 +80,27 @@ def test_migrations_build_the_schema_from_empty_and_rerun_harmlessly(db_url: str
         engine.dispose()
 
 
+def test_a_store_at_the_head_is_not_migrated_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(store.MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == store.HEAD
+    store.upgrade(db_url)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Alembic ran on a store at the head")
+
+    monkeypatch.setattr(command, "upgrade", refuse)
+    store.upgrade(db_url)  # the fast path: no Alembic
+    with pytest.raises(AssertionError, match="Alembic ran"):
+        store.upgrade(db_url, "0001")  # an explicit revision always goes to Alembic
+
+
 def test_two_upgrades_at_once_both_succeed(db_url: str) -> None:
     errors: list[BaseException] = []
 
