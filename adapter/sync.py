@@ -493,10 +493,24 @@ class _Run:
             )
             return
         params = [("_since", _instant(cursor - self.overlap)), ("_count", str(self.page_size))]
+        decided: set[str] = set()  # newest first: a deletion older than a re-creation is past
         for page in self._pages(self.client.history(resource_type, params)):
-            gone = [d for d in map(_deletion, _history_entries(page)) if d is not None]
-            known = self.known()
-            gone = [d for d in gone if d[0] == resource_type and f"{d[0]}/{d[1]}" in known]
+            gone = []
+            for entry in _history_entries(page):
+                deletion = _deletion(entry)
+                resource = entry.get("resource")
+                key = (
+                    f"{deletion[0]}/{deletion[1]}"
+                    if deletion is not None
+                    else _key(resource)
+                    if isinstance(resource, dict)
+                    else None
+                )
+                if key is None or key in decided:
+                    continue
+                decided.add(key)
+                if deletion is not None and key in self.known():
+                    gone.append(deletion)
             if gone:
                 self._store([], deletions=gone)
             self._emit("deletions", resource_type, page, len(page.get("entry") or ()), len(gone))

@@ -49,6 +49,7 @@ class MiniServer:
         self.warn = False  # each searchset also carries an OperationOutcome (mode "outcome")
         self.clock = datetime.fromisoformat("2026-12-01T09:00:00+00:00")
         self.current: dict[str, JSON] = {}  # key -> resource
+        self.versions: dict[str, int] = {}  # key -> last version, deletions included
         # (key, version, when, resource or None for a deletion), oldest first
         self.log: list[tuple[str, str, str, JSON | None]] = []
         self.requests: list[httpx.URL] = []
@@ -63,8 +64,8 @@ class MiniServer:
 
     def put(self, resource: JSON, when: str | None = None) -> JSON:
         key = f"{resource['resourceType']}/{resource['id']}"
-        old = self.current.get(key)
-        version = str(int(old["meta"]["versionId"]) + 1) if old else "1"
+        version = str(self.versions.get(key, 0) + 1)  # a re-created resource counts on
+        self.versions[key] = int(version)
         when = when or self.tick()
         stamped = {**resource, "meta": {"versionId": version, "lastUpdated": when}}
         self.current[key] = stamped
@@ -72,8 +73,9 @@ class MiniServer:
         return stamped
 
     def delete(self, key: str) -> None:
-        old = self.current.pop(key)
-        version = str(int(old["meta"]["versionId"]) + 1)
+        del self.current[key]
+        self.versions[key] += 1
+        version = str(self.versions[key])
         self.log.append((key, version, self.tick(), None))
 
     # -- answering -----------------------------------------------------------------------------

@@ -261,6 +261,19 @@ def test_context_changes_and_deletions_move_exactly_the_referrals_they_touch(
     assert sync_once(db, page_size=100).moved == 0
 
 
+def test_a_referral_deleted_and_created_again_stays(server: MiniServer, db: str) -> None:
+    sync_once(db, page_size=100)
+    server.delete("ServiceRequest/ref-2")
+    server.put(p.ada_referral(id="ref-2", subject={"reference": "Patient/pat-2"}))
+    summary = sync_once(db, page_size=100)
+    assert summary.deleted == 0  # the deletion is older than the re-creation
+    assert referral(db, "ServiceRequest/ref-2") is not None
+    with Session(store.make_engine(db)) as session:
+        assert (store.get_resource(session, "ServiceRequest", "ref-2") or {})["meta"][
+            "versionId"
+        ] == "3"
+
+
 def test_without_history_changes_arrive_by_search_and_deletions_are_named_as_unseen(
     bare_server: MiniServer, db: str
 ) -> None:
