@@ -8,6 +8,8 @@ conditions keep the newer data, so a re-run is harmless and two syncs may run at
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,9 +96,9 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" below start transactions, not pysqlite's implicit BEGIN.
         dbapi_connection.isolation_level = None
-        if url.database not in (None, "", ":memory:"):
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
         dbapi_connection.execute("PRAGMA busy_timeout=30000")
+        if url.database not in (None, "", ":memory:"):
+            _wal(dbapi_connection)
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
@@ -105,6 +107,23 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _wal(dbapi_connection: Any, wait: float = 30.0) -> None:
+    """Switch a SQLite file to WAL. The switch needs the file to itself and SQLite does not
+    wait for it (no busy handler), so a second process opening a brand-new store while the
+    first creates its schema retries here instead of failing with "database is locked"."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            mode = dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _json_text(value: Any) -> str:
