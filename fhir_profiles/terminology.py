@@ -45,6 +45,25 @@ class Terminology:
     information_sources: tuple[str, ...]
     aging_bands: tuple[AgingBand, ...]
     states: tuple[str, ...]
+    # Code system id -> {code: display}, for every CodeSystem file (the write-back's codes too).
+    displays: dict[str, dict[str, str]]
+    contact_outcomes: tuple[str, ...]
+    reached_outcomes: frozenset[str]  # contact outcomes whose `reached` property is true
+    contact_channels: tuple[str, ...]
+    status_events: tuple[str, ...]
+    task_business_statuses: tuple[str, ...]
+
+    def display(self, code_system_id: str, code: str) -> str:
+        """The display of a code of one of the project's CodeSystems (KeyError if unknown)."""
+        return self.displays[code_system_id][code]
+
+    def coding(self, code_system_id: str, code: str) -> dict[str, str]:
+        """A FHIR Coding of one of the project's codes."""
+        return {
+            "system": self.system(code_system_id),
+            "code": code,
+            "display": self.display(code_system_id, code),
+        }
 
     def system(self, code_system_id: str) -> str:
         """The canonical URL of one of the project's CodeSystems."""
@@ -110,7 +129,19 @@ def load_terminology(directory: Traversable) -> Terminology:
         bands.append(
             AgingBand(concept["code"], concept["display"], props["min-days"], props.get("max-days"))
         )
+    displays = {}
+    for name in sorted(directory.iterdir(), key=lambda entry: entry.name):
+        if name.name.startswith("CodeSystem-") and name.name.endswith(".json"):
+            system = _load(directory, name.name)
+            displays[system["id"]] = {c["code"]: c["display"] for c in system["concept"]}
+    outcomes = _load(directory, "CodeSystem-contact-outcome.json")["concept"]
     return Terminology(
+        displays=displays,
+        contact_outcomes=tuple(c["code"] for c in outcomes),
+        reached_outcomes=frozenset(c["code"] for c in outcomes if _properties(c)["reached"]),
+        contact_channels=tuple(displays["contact-channel"]),
+        status_events=tuple(displays["referral-status-event"]),
+        task_business_statuses=tuple(displays["task-business-status"]),
         segments=tuple(c["code"] for c in ranked),
         segment_displays={c["code"]: c["display"] for c in ranked},
         missing_items=tuple(items),

@@ -15,12 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fhir_profiles import terminology
 from mappings.errors import RulesError
+from mappings.messages import OFFICE_TEMPLATES, PATIENT_TEMPLATES, check_template
 
 __all__ = [
     "BusinessHours",
     "CodeRule",
+    "MessageRules",
+    "PracticeParty",
     "PracticeRules",
     "SegmentStandard",
+    "StatusLoopRules",
+    "WritebackRules",
     "merge_rules",
     "parse_rules",
 ]
@@ -130,6 +135,86 @@ class SegmentStandard(_Rules):
     follow_up_business_hours: int = Field(gt=0, strict=True)
 
 
+# Which referring offices get a status update: every source, only high-relationship ones, none.
+Audience = Literal["all", "high-relationship", "none"]
+_REFERENCE = r"^(Organization|Practitioner|PractitionerRole|CareTeam)/[A-Za-z0-9\-.]{1,64}$"
+
+
+class StatusLoopRules(_Rules):
+    """Which events send a status update (a Communication) to which referring offices."""
+
+    receipt_confirmed: Audience
+    information_requested: Audience
+    details_complete: Audience
+    patient_contacted: Audience
+    scheduled: Audience
+    closed: Audience
+    patient_contacted_outcomes: tuple[str, ...] = Field(
+        description="contact outcomes that count as having contacted the patient"
+    )
+
+    @field_validator("patient_contacted_outcomes")
+    @classmethod
+    def _known_outcomes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = terminology().contact_outcomes
+        for code in value:
+            if code not in known:
+                raise ValueError(f"unknown contact outcome {code!r} (known: {', '.join(known)})")
+        return value
+
+    def audience(self, event: str) -> Audience:
+        value: Audience = getattr(self, event.replace("-", "_"))
+        return value
+
+
+class PracticeParty(_Rules):
+    """The practice as the adapter names it in what it writes."""
+
+    reference: str | None = Field(default=None, pattern=_REFERENCE)
+    display: str = Field(min_length=1)
+
+
+class WritebackRules(_Rules):
+    practice: PracticeParty
+    max_attempts: int = Field(ge=1, strict=True)
+    retry_seconds: int = Field(ge=1, strict=True)
+
+
+class MessageRules(_Rules):
+    """Approved texts: for the patient by referral state, for the office by event."""
+
+    practice_phone: str = Field(min_length=1)
+    update_window: str = Field(min_length=1)
+    patient: dict[str, str]
+    office: dict[str, str]
+    how_to_provide: dict[str, str]
+
+    @field_validator("patient", "office", "how_to_provide", mode="before")
+    @classmethod
+    def _all_templates(cls, value: object, info: Any) -> object:
+        if not isinstance(value, Mapping):
+            return value
+        wanted: tuple[str, ...] = {
+            "patient": PATIENT_TEMPLATES,
+            "office": OFFICE_TEMPLATES,
+            "how_to_provide": tuple(item.code for item in terminology().missing_items),
+        }[info.field_name]
+        unknown = sorted(str(k) for k in value if k not in wanted)
+        if unknown:
+            raise ValueError(f"unknown template {unknown[0]!r} (known: {', '.join(wanted)})")
+        missing = [k for k in wanted if k not in value]
+        if missing:
+            raise ValueError(f"no text for {missing[0]!r}")
+        for key, text in value.items():
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{key}: the text must be a non-empty string")
+            try:
+                check_template(text)
+            except ValueError as error:
+                raise ValueError(f"{key}: {error}") from None
+        return value
+
+
 class PracticeRules(_Rules):
     referrals: ReferralSelection
     time_sensitive: TimeSensitiveRules
@@ -138,6 +223,9 @@ class PracticeRules(_Rules):
     records: RecordsRules
     business_hours: BusinessHours
     segments: dict[str, SegmentStandard]
+    status_loop: StatusLoopRules
+    writeback: WritebackRules
+    messages: MessageRules
 
     @field_validator("segments", mode="before")
     @classmethod

@@ -4,6 +4,9 @@
 #   tests/fhir_validator/validate.sh --ig fhir_profiles [--ig DIR]... [--profile URL]... FILE...
 #   tests/fhir_validator/validate.sh --ig fhir_profiles --stdin     (one input per line, one answer per line)
 #   tests/fhir_validator/validate.sh build                          (resolve and compile only)
+#   tests/fhir_validator/validate.sh snapshot --ig fhir_profiles [--check] FILE...
+#                                   (write each StructureDefinition's snapshot from its differential;
+#                                    --check only reports stale ones, exit 1)
 #
 # Prints one JSON line per input on stdout:
 #   {"file": PATH, "valid": BOOL, "errors": N, "warnings": N, "outcome": {OperationOutcome}}

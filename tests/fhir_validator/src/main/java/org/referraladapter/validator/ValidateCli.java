@@ -150,6 +150,9 @@ public final class ValidateCli {
 	}
 
 	static int run(String[] args, PrintStream theOut, PrintStream theErr) {
+		if (args.length > 0 && args[0].equals("snapshot")) {
+			return SnapshotCli.run(java.util.Arrays.copyOfRange(args, 1, args.length), theOut, theErr);
+		}
 		List<Path> igDirectories = new ArrayList<>();
 		List<String> profiles = new ArrayList<>();
 		List<String> files = new ArrayList<>();
