@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from adapter.errors import AdapterError, ConfigError
 from adapter.practice_rules import load_rules
 from adapter.segmenting import bulk_allocation, evaluate_input, write_lines
+from fhir_profiles import terminology
 from mappings.fhirtime import as_utc
 from mappings.summary import render_summary
 
@@ -80,11 +81,11 @@ def _fhir_client(args: argparse.Namespace, http: Any) -> Any:
     return FhirClient(args.fhir_base, http, BearerToken(token) if token else None)
 
 
-def _server_options(command: argparse.ArgumentParser) -> None:
+def _server_options(command: argparse.ArgumentParser, required: bool = True) -> None:
     """--fhir-base and how to authenticate to it."""
     command.add_argument(
         "--fhir-base",
-        required=True,
+        required=required,
         metavar="URL",
         help="the server's FHIR base URL, e.g. http://127.0.0.1:8080/fhir",
     )
@@ -153,7 +154,9 @@ def _synth(args: argparse.Namespace) -> int:
             shown(done)
 
     try:
-        counts = synth_to_dir(args.referrals, args.seed, as_of, args.out, progress)
+        counts = synth_to_dir(
+            args.referrals, args.seed, as_of, args.out, progress, id_prefix=args.id_prefix
+        )
     except (OutDirNotEmptyError, NotADirectoryError, ValueError) as error:
         raise ConfigError(str(error)) from None
     if shown is not None:
@@ -234,9 +237,173 @@ def _sync(args: argparse.Namespace) -> int:
                 if bar is not None:
                     bar.end()
                 _sync_report(summary, args.json)
+                if args.write_back:
+                    _write_back(client, engine, rules, args)
             if args.every is None:
                 return 0
             time.sleep(args.every)
+
+
+def _write_back(client: Any, engine: Any, rules: Any, args: argparse.Namespace) -> None:
+    """Write the outbox to the server and report it (stderr line, or JSON events)."""
+    from adapter.writeback import run_writeback
+
+    def on_event(event: dict[str, Any]) -> None:
+        if args.json:
+            _json_line(event)
+
+    summary = run_writeback(
+        client,
+        engine,
+        rules,
+        batch=not getattr(args, "no_batch", False),
+        batch_size=getattr(args, "batch_size", 100),
+        on_event=on_event,
+    )
+    if args.json:
+        _json_line({"event": "writeback", **_writeback_fields(summary)})
+    else:
+        sys.stderr.write(f"{PROG}: write-back: {summary.line()}\n")
+
+
+def _writeback_fields(summary: Any) -> dict[str, Any]:
+    fields = ("entries", "written", "already", "conflicts", "failed", "dead", "pending", "requests")
+    out = {name: getattr(summary, name) for name in fields}
+    out["seconds"] = round(summary.seconds, 3)
+    return out
+
+
+def _writeback(args: argparse.Namespace) -> int:
+    from adapter.http_policy import make_http_client
+    from adapter.writeback import planned
+
+    rules = load_rules(args.rules)
+    engine = _engine(args.db)
+    if args.dry_run:
+        out = sys.stdout
+        count = 0
+        for entry in planned(engine):
+            method = "PUT-or-POST" if entry.kind == "task" else "POST"
+            line = {
+                "key": entry.key,
+                "request": f"{method} {entry.resource_type}",
+                "if_none_exist": f"identifier={entry.identifier}",
+                "resource": entry.resource,
+            }
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            count += 1
+        out.flush()
+        sys.stderr.write(f"{PROG}: dry run: {count} pending writes, nothing sent\n")
+        return 0
+    if not args.fhir_base:
+        raise ConfigError("writeback needs --fhir-base (or --dry-run)")
+    with make_http_client() as http:
+        client = _fhir_client(args, http)
+        _write_back(client, engine, rules, args)
+    return 0
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from adapter import outbox
+
+    engine = _engine(args.db)
+    now = datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        if args.retry or args.retry_dead:
+            count = outbox.retry(session, now, None if args.retry_dead else args.retry)
+            sys.stderr.write(f"{PROG}: {count} dead entries back to pending\n")
+            return 0
+        for entry in outbox.list_entries(session, args.status, args.referral, args.limit):
+            line = {
+                "key": entry.key,
+                "referral": entry.referral_key,
+                "kind": entry.kind,
+                "status": entry.status,
+                "attempts": entry.attempts,
+                "next_attempt_at": entry.next_attempt_at.isoformat(),
+                "written": entry.written,
+                "error": entry.last_error,
+            }
+            sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
+        counts = outbox.counts(session)
+    shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "empty"
+    sys.stderr.write(f"{PROG}: outbox: {shown}\n")
+    return 0
+
+
+def _actor(args: argparse.Namespace) -> Any:
+    from adapter.actions import Actor
+
+    who = args.by or os.environ.get("USER") or "command-line"
+    reference = who if "/" in who else None
+    return Actor(id=who, reference=reference, display=args.by_name)
+
+
+def _contact(args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from adapter.actions import record_contact
+
+    rules = load_rules(args.rules)
+    engine = _engine(args.db)
+    with Session(engine) as session, session.begin():
+        attempt = record_contact(
+            session,
+            args.referral,
+            channel=args.channel,
+            outcome=args.outcome,
+            actor=_actor(args),
+            rules=rules,
+            at=args.at,
+            note=args.note,
+        )
+    sys.stderr.write(f"{PROG}: contact attempt {attempt.id} recorded and queued for write-back\n")
+    return 0
+
+
+def _note(args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from adapter.actions import write_note
+
+    rules = load_rules(args.rules)
+    engine = _engine(args.db)
+    with Session(engine) as session, session.begin():
+        write_note(
+            session,
+            args.referral,
+            actor=_actor(args),
+            rules=rules,
+            contacted=args.contacted,
+            requested=args.requested,
+            response=args.said,
+            still_missing=args.still_missing or (),
+            next_attempt_due=args.next_due,
+        )
+    sys.stderr.write(f"{PROG}: note recorded; the referral's Task is queued for write-back\n")
+    return 0
+
+
+def _assign(args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from adapter.actions import assign_owner
+    from mappings.writeback import Owner
+
+    rules = load_rules(args.rules)
+    engine = _engine(args.db)
+    with Session(engine) as session, session.begin():
+        assign_owner(
+            session,
+            args.referral,
+            owner=Owner(args.owner, args.owner_name),
+            actor=_actor(args),
+            rules=rules,
+        )
+    sys.stderr.write(f"{PROG}: owner assigned; the referral's Task is queued for write-back\n")
+    return 0
 
 
 def _json_line(event: dict[str, Any]) -> None:
@@ -371,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--out", type=Path, required=True, metavar="DIR")
     synth.add_argument(
+        "--id-prefix",
+        default="",
+        metavar="TEXT",
+        help="put TEXT before every id, so several data sets can share one server",
+    )
+    synth.add_argument(
         "--as-of",
         type=parse_as_of,
         metavar="ISO8601",
@@ -445,7 +618,99 @@ def build_parser() -> argparse.ArgumentParser:
         help="sync again every SECONDS, for ever (a worker); a server that is down is tried "
         "again at the next round",
     )
+    sync.add_argument(
+        "--write-back",
+        action="store_true",
+        help="after the sync, write the outbox (Tasks, status updates) to the same server",
+    )
     sync.set_defaults(run=_sync)
+
+    writeback = commands.add_parser(
+        "writeback",
+        help="write the outbox's Tasks and Communications to the FHIR server, exactly once",
+        description="Write the pending outbox entries: follow-up Tasks (conditional create, "
+        "then If-Match updates), status updates to referring offices and contact attempts. "
+        "Failed entries are retried with backoff, then dead-lettered (see `outbox`).",
+    )
+    _server_options(writeback, required=False)
+    writeback.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+    writeback.add_argument("--rules", type=Path, metavar="FILE")
+    writeback.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the pending writes (one JSON object per line) and send nothing",
+    )
+    writeback.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="one request per resource instead of batch Bundles",
+    )
+    writeback.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=100,
+        metavar="N",
+        help="entries per batch Bundle (default 100)",
+    )
+    writeback.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    writeback.set_defaults(run=_writeback)
+
+    box = commands.add_parser(
+        "outbox",
+        help="list the outbox (pending, done, dead writes) or retry dead-lettered entries",
+    )
+    box.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+    box.add_argument("--status", choices=["pending", "done", "dead", "superseded"])
+    box.add_argument("--referral", metavar="KEY", help="only this referral's entries")
+    box.add_argument("--limit", type=_positive, default=100, metavar="N")
+    box.add_argument("--retry", nargs="+", metavar="KEY", help="put these dead entries back")
+    box.add_argument("--retry-dead", action="store_true", help="put every dead entry back")
+    box.set_defaults(run=_outbox)
+
+    def actor_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+        command.add_argument("--rules", type=Path, metavar="FILE")
+        command.add_argument("--referral", required=True, metavar="KEY", help="ServiceRequest/ID")
+        command.add_argument(
+            "--by",
+            metavar="WHO",
+            help="who acts: a reference (Practitioner/123) or a user name (default: $USER)",
+        )
+        command.add_argument("--by-name", metavar="NAME", help="how the resources name them")
+
+    terms = terminology()
+    contact = commands.add_parser(
+        "contact", help="record an attempt to reach the patient (queued for write-back)"
+    )
+    actor_options(contact)
+    contact.add_argument("--channel", required=True, choices=terms.contact_channels)
+    contact.add_argument("--outcome", required=True, choices=terms.contact_outcomes)
+    contact.add_argument("--at", type=parse_as_of, metavar="ISO8601", help="when (default: now)")
+    contact.add_argument("--note", metavar="TEXT")
+    contact.set_defaults(run=_contact)
+
+    note = commands.add_parser(
+        "note", help="write the note for the next person (queued for write-back on the Task)"
+    )
+    actor_options(note)
+    note.add_argument("--contacted", metavar="WHO", help="who was contacted")
+    note.add_argument("--requested", metavar="WHAT", help="what was requested")
+    note.add_argument("--said", metavar="TEXT", help="what they said")
+    note.add_argument(
+        "--still-missing",
+        nargs="+",
+        choices=[item.code for item in terms.missing_items],
+        metavar="ITEM",
+        help="missing items still outstanding",
+    )
+    note.add_argument("--next-due", type=parse_as_of, metavar="ISO8601", help="next attempt due")
+    note.set_defaults(run=_note)
+
+    assign = commands.add_parser("assign", help="assign the referral's follow-up to an owner")
+    actor_options(assign)
+    assign.add_argument("--owner", metavar="REF", help="Practitioner/123, PractitionerRole/...")
+    assign.add_argument("--owner-name", metavar="NAME", help="the owner's name")
+    assign.set_defaults(run=_assign)
 
     referrals = commands.add_parser(
         "referrals",

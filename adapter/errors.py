@@ -3,6 +3,9 @@
     AdapterError
      +-- InputError              the input cannot be read at all: fix the path or the file (exit 2)
      +-- ConfigError             the configuration or rules are wrong: fix them (exit 2)
+     +-- WriteRefused            the server refuses our writes (401/403/405, or its
+     |                           CapabilityStatement offers no create): fix its permissions;
+     |                           the outbox keeps the work (exit 2)
      +-- FhirServerError         a FHIR server (or its authorization server) refused or failed
           +-- TemporaryServerError   retries exhausted on 408/429/5xx or the network: try later
           |    +-- InvalidResponse       the body was not the FHIR JSON expected (e.g. truncated)
@@ -38,6 +41,7 @@ __all__ = [
     "TemporaryServerError",
     "UnsafeNextLink",
     "VersionConflict",
+    "WriteRefused",
 ]
 
 
@@ -51,6 +55,10 @@ class InputError(AdapterError):
 
 class ConfigError(AdapterError):
     """A configuration value or the practice rules are invalid."""
+
+
+class WriteRefused(AdapterError):
+    """The server will not take the adapter's writes; nothing was lost (the outbox keeps them)."""
 
 
 class FhirServerError(AdapterError):

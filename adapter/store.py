@@ -57,6 +57,7 @@ __all__ = [
     "get_cursor",
     "get_resource",
     "history",
+    "insert_for",
     "iter_resources",
     "list_quarantine",
     "make_engine",
@@ -131,7 +132,7 @@ def _json_text(value: Any) -> str:
 
 
 # The newest migration; a test keeps it equal to the head of adapter/migrations/versions.
-HEAD = "0002"
+HEAD = "0003"
 
 
 def upgrade(url: str | URL, revision: str = "head") -> None:
@@ -170,7 +171,7 @@ def _revision(url: str | URL) -> str | None:
     return str(found[0][0]) if len(found) == 1 else None
 
 
-def _insert(session: Session) -> Any:
+def insert_for(session: Session) -> Any:
     """The dialect's INSERT, which has on_conflict_do_update / on_conflict_do_nothing."""
     name = session.get_bind().dialect.name
     if name == "postgresql":
@@ -275,7 +276,7 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
     # INSERTs ("insertmanyvalues") with a cached compilation, instead of compiling one
     # statement with thousands of bind parameters per page.
     # The Core table, not the mapped class: the ORM's bulk path costs more than the SQL.
-    stmt = _insert(session)(StoredResource.__table__)
+    stmt = insert_for(session)(StoredResource.__table__)
     new, old = stmt.excluded, StoredResource.__table__.c
     both_numbered = and_(new.version_num.is_not(None), old.version_num.is_not(None))
     both_dated = and_(new.last_updated.is_not(None), old.last_updated.is_not(None))
@@ -421,7 +422,7 @@ def save_evaluations(
     created: set[str] = set()
     if fresh:
         table = Referral.__table__
-        insert = _insert(session)(table).on_conflict_do_nothing(index_elements=["key"])
+        insert = insert_for(session)(table).on_conflict_do_nothing(index_elements=["key"])
         created = set(session.execute(insert.returning(table.c.key), fresh).scalars())
         if len(created) < len(fresh):  # another writer created some in between
             late = [v["key"] for v in fresh if v["key"] not in created]
@@ -446,7 +447,7 @@ def save_evaluations(
             [{**value, "old_key": value["key"]} for value in updates],
         )
     if changes:
-        session.execute(_insert(session)(SegmentChange.__table__), changes)
+        session.execute(insert_for(session)(SegmentChange.__table__), changes)
     return len(changes)
 
 
@@ -484,7 +485,7 @@ def remove_referrals(session: Session, present: set[str], as_of: datetime) -> in
     gone = [row for row in rows if row.key not in present]
     for row in gone:
         session.execute(
-            _insert(session)(SegmentChange).values(
+            insert_for(session)(SegmentChange).values(
                 referral_key=row.key,
                 from_state=row.state,
                 to_state=REMOVED,
@@ -548,7 +549,7 @@ def get_cursor(session: Session, base_url: str, resource_type: str) -> datetime 
 
 def advance_cursor(session: Session, base_url: str, resource_type: str, value: datetime) -> bool:
     """Move the cursor forward to `value`; never backwards. True if it moved."""
-    stmt = _insert(session)(SyncCursor).values(
+    stmt = insert_for(session)(SyncCursor).values(
         base_url=base_url, resource_type=resource_type, value=_aware(value), updated_at=_now()
     )
     stmt = stmt.on_conflict_do_update(
@@ -579,7 +580,7 @@ def quarantine(
 ) -> None:
     """Record a resource that could not be read. `reason` names element paths, never values."""
     now = _now()
-    stmt = _insert(session)(Quarantined).values(
+    stmt = insert_for(session)(Quarantined).values(
         fingerprint=_fingerprint(source, resource_type, resource_id, reason),
         source=source,
         resource_type=resource_type,

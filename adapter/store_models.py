@@ -8,20 +8,38 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "AuditEvent",
     "Base",
+    "ContactAttemptRow",
+    "NoteRow",
+    "OutboxEntry",
+    "OwnerRow",
     "Quarantined",
     "Referral",
+    "ReviewRow",
     "SegmentChange",
     "StoredResource",
     "SyncCursor",
+    "TaskRecord",
     "UTCDateTime",
+    "WritebackState",
 ]
 
 # JSONB on PostgreSQL: it has equality (the store compares bodies) and indexes; JSON text elsewhere.
@@ -132,3 +150,136 @@ class Quarantined(Base):
     reason: Mapped[str] = mapped_column(Text)
     first_seen: Mapped[datetime]
     last_seen: Mapped[datetime]
+
+
+# ---------------------------------------------------------------------------------------------
+# Write-back (issue 5) and the actions staff record (the SMART view, the command line)
+
+
+class OutboxEntry(Base):
+    """One write the adapter intends, recorded in the transaction of the change that caused it.
+
+    `key` is the idempotency key: the same intent planned twice is one entry. `status` is
+    pending (to be written, from `next_attempt_at` on), done, dead (failed for good; kept with
+    the server's OperationOutcome until retried by command) or superseded (a newer entry for the
+    same referral's Task replaced it before it was written).
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    referral_key: Mapped[str] = mapped_column(String(160), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # task | status | contact
+    resource_type: Mapped[str] = mapped_column(String(64))
+    identifier: Mapped[str] = mapped_column(String(255))  # our identifier value on the resource
+    resource: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[dict[str, Any] | None]
+    written: Mapped[str | None] = mapped_column(String(255))  # Type/id/_history/version
+
+
+class TaskRecord(Base):
+    """The follow-up Task as last written to (or read from) one server: its id, version, body."""
+
+    __tablename__ = "task_record"
+
+    base_url: Mapped[str] = mapped_column(String(512), primary_key=True)
+    referral_key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[str | None] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+
+
+class WritebackState(Base):
+    """What the planning remembers of a referral: the last Task planned (sequence, digest) and
+    what the status loop needs once the referral has no segments (scheduled, closed)."""
+
+    __tablename__ = "writeback_state"
+
+    referral_key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    task_seq: Mapped[int] = mapped_column(Integer, default=0)
+    task_digest: Mapped[str | None] = mapped_column(String(64))
+    high_relationship: Mapped[bool] = mapped_column(Boolean, default=False)
+    was_missing: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime]
+
+
+class ContactAttemptRow(Base):
+    """One attempt to reach the patient: who made it, how, and what came of it."""
+
+    __tablename__ = "contact_attempt"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    referral_key: Mapped[str] = mapped_column(String(160), index=True)
+    patient: Mapped[str] = mapped_column(String(160))
+    at: Mapped[datetime]
+    channel: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(32))
+    by_reference: Mapped[str | None] = mapped_column(String(160))
+    by_display: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime]
+
+
+class NoteRow(Base):
+    """A note for the next person, in its structured parts."""
+
+    __tablename__ = "referral_note"
+    __table_args__ = (Index("ix_referral_note_referral", "referral_key", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    referral_key: Mapped[str] = mapped_column(String(160))
+    written_at: Mapped[datetime]
+    author_reference: Mapped[str | None] = mapped_column(String(160))
+    author_display: Mapped[str | None] = mapped_column(String(200))
+    contacted: Mapped[str | None] = mapped_column(Text)
+    requested: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[str | None] = mapped_column(Text)
+    still_missing: Mapped[list[str]]
+    next_attempt_due: Mapped[datetime | None]
+
+
+class OwnerRow(Base):
+    """Who a referral is assigned to, and by whom."""
+
+    __tablename__ = "referral_owner"
+
+    referral_key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    owner_reference: Mapped[str | None] = mapped_column(String(160))
+    owner_display: Mapped[str | None] = mapped_column(String(200))
+    assigned_at: Mapped[datetime]
+    assigned_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class ReviewRow(Base):
+    """The last time a referral was looked at in the same-day review lane, and by whom."""
+
+    __tablename__ = "referral_review"
+
+    referral_key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    reviewed_at: Mapped[datetime]
+    reviewed_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class AuditEvent(Base):
+    """Who saw which patient's referrals, and who did what: identifiers only, never PHI."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    referral_key: Mapped[str | None] = mapped_column(String(160), index=True)
+    patient_key: Mapped[str | None] = mapped_column(String(160))
+    detail: Mapped[dict[str, Any]]

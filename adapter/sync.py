@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session
 
 from adapter import store
 from adapter.fhir_client import FhirClient
+from adapter.planning import PlanSummary, details_from_index, plan_evaluations
 from adapter.segmenting import bulk_allocation, index_resources
 from mappings.base_validation import validate_resource
 from mappings.fhirtime import parse_instant
@@ -142,6 +143,8 @@ class SyncSummary:
     referrals: int = 0
     moved: int = 0
     removed: int = 0
+    planned_tasks: int = 0  # Task writes queued in the outbox
+    planned_messages: int = 0  # status updates queued
     seconds: float = 0.0
     by_type: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -151,7 +154,9 @@ class SyncSummary:
         return (
             f"fetched {self.fetched}, changed {self.changed}, deleted {self.deleted}, "
             f"quarantined {self.quarantined}, referrals {self.referrals} "
-            f"({self.moved} moved{removed}), {self.requests} requests, {self.seconds:.1f} s"
+            f"({self.moved} moved{removed}), write-back queued {self.planned_tasks} Task and "
+            f"{self.planned_messages} status updates, {self.requests} requests, "
+            f"{self.seconds:.1f} s"
         )
 
     def note(self, text: str) -> None:
@@ -638,17 +643,27 @@ def evaluate_store(
     rules: PracticeRules,
     as_of: datetime,
     on_problem: Callable[[str, str], None],
+    plan: PlanSummary | None = None,
 ) -> tuple[int, int, int]:
-    """Evaluate every stored referral and save it; (referrals, how many changed state or
-    segments, how many left the store)."""
+    """Evaluate every stored referral and save it, with the write-back it calls for queued in
+    the outbox in the same transaction; (referrals, how many changed state or segments, how
+    many left the store). `plan` collects how many writes were queued."""
     evaluator = evaluate_stored(engine, rules, as_of, on_problem)
     present: set[str] = set()
     moved = 0
+    planned = plan if plan is not None else PlanSummary()
+    now = datetime.now(UTC)
     with Session(engine) as session, session.begin():
         # Saved in chunks, so that only one chunk's evaluations are held at a time.
         for chunk in _chunks(iter(evaluator), SAVE_CHUNK):
             present.update(e.referral for e in chunk)
             moved += store.save_evaluations(session, chunk, as_of)
+            lines = [e.to_json() for e in chunk]
+            details = details_from_index(evaluator.index, (e.referral for e in chunk))
+            step = plan_evaluations(session, lines, details, rules, now)
+            planned.tasks += step.tasks
+            planned.messages += step.messages
+            planned.skipped += step.skipped
         removed = store.remove_referrals(session, present, as_of)
     return len(present), moved, removed
 
@@ -699,9 +714,11 @@ def run_sync(
         cursor = cursors[resource_type]
         if cursor is not None:
             run.changes(resource_type, cursor)
+    plan = PlanSummary()
     summary.referrals, summary.moved, summary.removed = evaluate_store(
-        engine, rules, as_of or started, on_problem
+        engine, rules, as_of or started, on_problem, plan
     )
+    summary.planned_tasks, summary.planned_messages = plan.tasks, plan.messages
     summary.seconds = time.perf_counter() - clock
     if on_event is not None:
         on_event(
@@ -710,6 +727,8 @@ def run_sync(
                 "referrals": summary.referrals,
                 "moved": summary.moved,
                 "removed": summary.removed,
+                "planned_tasks": summary.planned_tasks,
+                "planned_messages": summary.planned_messages,
             }
         )
     return summary

@@ -24,7 +24,7 @@ from datetime import date, datetime, timedelta
 from itertools import accumulate
 from pathlib import Path
 from random import Random
-from typing import BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import orjson
 
@@ -603,10 +603,44 @@ def write_bulk(resources: dict[str, list[JSON]], out_dir: Path) -> dict[str, int
     return _write(((t, r) for t, items in resources.items() for r in items), out_dir)
 
 
+def with_id_prefix(resource: JSON, prefix: str) -> JSON:
+    """The resource with `prefix` before its id and before the id of every relative reference
+    it makes (`Patient/x` -> `Patient/{prefix}x`), so that data sets of several seeds can share
+    one server without overwriting each other."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {key: walk(item) for key, item in value.items()}
+            reference = out.get("reference")
+            if isinstance(reference, str) and reference.count("/") == 1:
+                rtype, rid = reference.split("/")
+                if rtype[:1].isupper() and rtype.isalpha():
+                    out["reference"] = f"{rtype}/{prefix}{rid}"
+            return out
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    prefixed: JSON = walk(resource)
+    prefixed["id"] = f"{prefix}{resource['id']}"
+    return prefixed
+
+
 def synth_to_dir(
-    referrals: int, seed: int, as_of: datetime, out_dir: Path, progress: Progress | None = None
+    referrals: int,
+    seed: int,
+    as_of: datetime,
+    out_dir: Path,
+    progress: Progress | None = None,
+    *,
+    id_prefix: str = "",
 ) -> dict[str, int]:
-    """Generate straight into a Bulk Data directory, holding one resource at a time."""
+    """Generate straight into a Bulk Data directory, holding one resource at a time; with
+    `id_prefix`, every id (and reference) starts with it."""
+    if id_prefix and not all(c.isalnum() or c in "-." for c in id_prefix):
+        raise ValueError("the id prefix may hold letters, digits, '-' and '.' only")
     stream = iter_resources(referrals, seed, as_of, progress)
+    if id_prefix:
+        stream = (with_id_prefix(r, id_prefix) for r in stream)
     _prepare_out_dir(out_dir)
     return _write(((r["resourceType"], r) for r in stream), out_dir)

@@ -51,6 +51,7 @@ class ReferralFacts:
     occurrence_path: str | None
     authored: datetime | None
     last_updated: datetime | None
+    number: str | None = None  # the first identifier's value: how people name the referral
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class AppointmentFacts:
     key: str
     status: str | None
     based_on: tuple[str, ...]
+    start: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +184,16 @@ def _referral(r: JSON, key: str, ctx: str) -> ReferralFacts:
         occurrence_path=occurrence_path,
         authored=parse_instant(r.get("authoredOn")),
         last_updated=_last_updated(r),
+        number=_first_identifier(r),
     )
+
+
+def _first_identifier(r: JSON) -> str | None:
+    for identifier in r.get("identifier") or ():
+        value = identifier.get("value") if isinstance(identifier, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _patient(r: JSON, key: str, ctx: str) -> PatientFacts:
@@ -253,7 +264,12 @@ def _record(r: JSON, key: str, ctx: str) -> RecordFacts:
 
 
 def _appointment(r: JSON, key: str, ctx: str) -> AppointmentFacts:
-    return AppointmentFacts(key=key, status=r.get("status"), based_on=_refs(r.get("basedOn"), ctx))
+    return AppointmentFacts(
+        key=key,
+        status=r.get("status"),
+        based_on=_refs(r.get("basedOn"), ctx),
+        start=parse_instant(r.get("start")),
+    )
 
 
 def _party(r: JSON, key: str, ctx: str) -> PartyFacts:

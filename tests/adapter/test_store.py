@@ -21,7 +21,22 @@ from adapter.store_models import Base, Referral, StoredResource, SyncCursor
 from mappings.model import Reason, ReferralEvaluation
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-TABLES = {"alembic_version", "quarantine", "referral", "resource", "segment_history", "sync_cursor"}
+TABLES = {
+    "alembic_version",
+    "audit_event",
+    "contact_attempt",
+    "outbox",
+    "quarantine",
+    "referral",
+    "referral_note",
+    "referral_owner",
+    "referral_review",
+    "resource",
+    "segment_history",
+    "sync_cursor",
+    "task_record",
+    "writeback_state",
+}
 
 
 @pytest.fixture
@@ -74,7 +89,7 @@ def test_migrations_build_the_schema_from_empty_and_rerun_harmlessly(db_url: str
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
             assert diff == []
             assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [
-                ("0002",)
+                (store.HEAD,)
             ]
     finally:
         engine.dispose()
