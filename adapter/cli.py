@@ -256,8 +256,8 @@ def _write_back(client: Any, engine: Any, rules: Any, args: argparse.Namespace) 
         client,
         engine,
         rules,
-        batch=not getattr(args, "no_batch", False),
-        batch_size=getattr(args, "batch_size", 100),
+        batch=not args.no_batch,
+        batch_size=args.batch_size,
         on_event=on_event,
     )
     if args.json:
@@ -458,6 +458,8 @@ def _sync_report(summary: Any, as_json: bool) -> None:
             "referrals",
             "moved",
             "removed",
+            "planned_tasks",
+            "planned_messages",
             "by_type",
             "notes",
         )
@@ -623,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after the sync, write the outbox (Tasks, status updates) to the same server",
     )
+    _writeback_options(sync)
     sync.set_defaults(run=_sync)
 
     writeback = commands.add_parser(
@@ -640,18 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the pending writes (one JSON object per line) and send nothing",
     )
-    writeback.add_argument(
-        "--no-batch",
-        action="store_true",
-        help="one request per resource instead of batch Bundles",
-    )
-    writeback.add_argument(
-        "--batch-size",
-        type=_positive,
-        default=100,
-        metavar="N",
-        help="entries per batch Bundle (default 100)",
-    )
+    _writeback_options(writeback)
     writeback.add_argument("--json", action="store_true", help="JSON lines on stdout")
     writeback.set_defaults(run=_writeback)
 
@@ -726,6 +718,21 @@ def build_parser() -> argparse.ArgumentParser:
     referrals.add_argument("--rules", type=Path, metavar="FILE")
     referrals.set_defaults(run=_referrals)
     return parser
+
+
+def _writeback_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="write-back: one request per resource instead of batch Bundles",
+    )
+    command.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=100,
+        metavar="N",
+        help="write-back: entries per batch Bundle (default 100)",
+    )
 
 
 def _positive(text: str) -> int:

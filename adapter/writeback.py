@@ -396,18 +396,21 @@ class _Writer:
         reply = reply if isinstance(reply, dict) else {}
         status = _status_code(reply.get("status"))
         location = reply.get("location") if isinstance(reply.get("location"), str) else None
-        task_id, version = _from_location(location, entry.resource_type)
+        resource_id, version = _from_location(location, entry.resource_type)
         etag = reply.get("etag")
         if version is None and isinstance(etag, str):
             version = etag.removeprefix("W/").strip('"') or None
         body = request["resource"]
+        if resource_id is not None:  # the location as Type/id/_history/version, whatever its base
+            location = f"{entry.resource_type}/{resource_id}"
+            location += f"/_history/{version}" if version else ""
         if status in (200, 201) and request["request"]["method"] == "POST":
             if status == 201 or entry.kind != "task":
                 self.summary.written += status == 201
                 self.summary.already += status == 200
                 record = (
-                    (task_id, version, {**body, "id": task_id})
-                    if entry.kind == "task" and task_id
+                    (resource_id, version, {**body, "id": resource_id})
+                    if entry.kind == "task" and resource_id
                     else None
                 )
                 self._done(entry, location, record)
@@ -416,7 +419,7 @@ class _Writer:
             return
         if status == 200:  # an update
             self.summary.written += 1
-            rid = task_id or (str(current["id"]) if current else None)
+            rid = resource_id or (str(current["id"]) if current else None)
             if rid is None:
                 alone.append(entry)  # no location to learn the version from: read it again
                 return

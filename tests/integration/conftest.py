@@ -32,7 +32,13 @@ from tests.sekmet.server import SekmetServer, SekmetStartError
 
 @pytest.fixture(scope="session")
 def hapi_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL (http://127.0.0.1:PORT/fhir) of a HAPI server started for this session."""
+    """Base URL (http://127.0.0.1:PORT/fhir) of a HAPI server started for this session, or of
+    the one a developer started by hand and named in REFERRAL_ADAPTER_TEST_HAPI (quicker runs
+    while working; CI starts its own)."""
+    given = os.environ.get("REFERRAL_ADAPTER_TEST_HAPI")
+    if given:
+        yield given
+        return
     require_java_toolchain()
     # Own state directory: a server a developer started by hand is left alone.
     env = {**os.environ, "HAPI_STATE_DIR": str(tmp_path_factory.mktemp("hapi-state"))}
