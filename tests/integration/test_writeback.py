@@ -11,15 +11,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from adapter import store
 from adapter.cli import main
 from adapter.fhir_client import FhirClient
 from adapter.http_policy import make_http_client
 from adapter.practice_rules import load_rules
-from adapter.store_models import OutboxEntry
 from adapter.writeback import run_writeback
 from mappings.writeback import NOTE_ID, TASK_PROFILE
 from tests.integration.fhir_helpers import raw_client
@@ -28,6 +25,7 @@ from tests.integration.writeback_helpers import (
     AS_OF,
     our_communications,
     our_task,
+    outbox_rows,
     own_data_set,
     search_all,
     tasks_for,
@@ -72,15 +70,6 @@ def sync_and_write(
     summary = next(e for e in events if e["event"] == "summary")
     written = next(e for e in events if e["event"] == "writeback")
     return summary, written
-
-
-def outbox_rows(db: str) -> list[OutboxEntry]:
-    engine = store.make_engine(db)
-    with Session(engine) as session:
-        rows = list(session.execute(select(OutboxEntry).order_by(OutboxEntry.id)).scalars())
-        session.expunge_all()
-    engine.dispose()
-    return rows
 
 
 def evaluations(capsys: pytest.CaptureFixture[str], db: str) -> dict[str, JSON]:

@@ -10,7 +10,11 @@ from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from adapter import store
+from adapter.store_models import OutboxEntry
 from adapter.synth import synth_to_dir
 from mappings.writeback import COMMUNICATION_SYSTEM, TASK_SYSTEM
 
@@ -75,3 +79,13 @@ def our_task(task: JSON) -> str | None:
         if identifier.get("system") == TASK_SYSTEM:
             return str(identifier["value"])
     return None
+
+
+def outbox_rows(db: str) -> list[OutboxEntry]:
+    """The store's outbox entries, oldest first (detached from their session)."""
+    engine = store.make_engine(db)
+    with Session(engine) as session:
+        rows = list(session.execute(select(OutboxEntry).order_by(OutboxEntry.id)).scalars())
+        session.expunge_all()
+    engine.dispose()
+    return rows
