@@ -6,9 +6,9 @@ referrals:
 
 1. **Referrals.** `ServiceRequest` by its `_lastUpdated` cursor, sorted, with `_include` of the
    subject, requester and insurance and `_revinclude` of the resources that point at a referral
-   (Communication, Appointment, DocumentReference, QuestionnaireResponse; `TIES`). For each page
-   it then asks for the patients' Coverages and the messages they sent, each in one query per
-   page (`beneficiary=` / `sender=` with the page's patients). What the server's
+   (Communication, Appointment, DocumentReference, QuestionnaireResponse, Task; `TIES`). For
+   each page it then asks for the patients' Coverages and the messages they sent, each in one
+   query per page (`beneficiary=` / `sender=` with the page's patients). What the server's
    CapabilityStatement does not offer is fetched by separate queries instead: `Type?based-on=`
    for a missing `_revinclude`, `Type?_id=` for a reference no `_include` brought (including the
    organization and practitioner of a PractitionerRole).
@@ -86,6 +86,9 @@ SYNC_TYPES = (
     "QuestionnaireResponse",
     "Communication",
     "Appointment",
+    # Not read by the referral model: the follow-up Tasks, kept so that the store shows what
+    # the EHR's side did with them (someone completing or re-assigning one).
+    "Task",
 )
 CONTEXT_TYPES = tuple(t for t in SYNC_TYPES if t != "ServiceRequest")
 # Matches per page. The referral query's includes come on top of these (about five resources
@@ -122,6 +125,7 @@ TIES = (
     Tie("Appointment", "basedOn", "based-on", "ServiceRequest"),
     Tie("QuestionnaireResponse", "basedOn", "based-on", "ServiceRequest"),
     Tie("DocumentReference", "context.related", "related", "ServiceRequest"),
+    Tie("Task", "focus", "focus", "ServiceRequest"),
 )
 # References the model follows from a resource to its context: fetched when no include brought
 # them.

@@ -51,6 +51,7 @@ from mappings.writeback import (
     COMMUNICATION_SYSTEM,
     TASK_SYSTEM,
     identifier_query,
+    identifier_token,
     managed_part,
     merge_task,
 )
@@ -229,8 +230,8 @@ class _Writer:
     def _find(self, entry: OutboxEntry) -> JSON | None:
         """Our Task for the referral on the server, found by its identifier."""
         self.summary.requests += 1
-        query = identifier_query(TASK_SYSTEM, entry.identifier).partition("=")[2]
-        for page in self.client.search("Task", [("identifier", query)]):
+        token = identifier_token(TASK_SYSTEM, entry.identifier)
+        for page in self.client.search("Task", [("identifier", token)]):
             for item in page.get("entry") or ():
                 resource = item.get("resource") if isinstance(item, dict) else None
                 if isinstance(resource, dict) and resource.get("resourceType") == "Task":

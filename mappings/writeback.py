@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -44,6 +45,7 @@ __all__ = [
     "contact_text",
     "follow_up_task",
     "identifier_query",
+    "identifier_token",
     "managed_part",
     "merge_task",
     "message_facts",
@@ -218,12 +220,20 @@ class StatusEvent:
         return ":".join(parts)
 
 
-def identifier_query(system: str, value: str) -> str:
-    """The `identifier=system|value` search (`If-None-Exist`) that finds one of our resources;
-    `,`, `|` and `$` in the value are escaped as FHIR search requires."""
+def identifier_token(system: str, value: str) -> str:
+    """The `system|value` token of an identifier search, with `\\`, `,`, `|` and `$` in the
+    value escaped as FHIR search requires (for a search parameter that the HTTP client will
+    URL-encode)."""
     escaped = value.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|")
     escaped = escaped.replace("$", "\\$")
-    return f"identifier={system}|{escaped}"
+    return f"{system}|{escaped}"
+
+
+def identifier_query(system: str, value: str) -> str:
+    """The `identifier=system|value` query of a conditional create (`If-None-Exist`, a batch
+    entry's `ifNoneExist`): the token URL-encoded, since servers decode it as a query string
+    (an unencoded `+` would arrive as a space)."""
+    return "identifier=" + quote(identifier_token(system, value), safe="/:|")
 
 
 def _practice(rules: PracticeRules) -> JSON:

@@ -304,6 +304,54 @@ FULL_STANDARD = (
             id="no-weekdays",
         ),
         pytest.param(
+            "messages:\n  office:\n    scheduled: 'Booked for $apointment'\n",
+            "messages.office",
+            "scheduled: unknown placeholder $apointment",
+            id="misspelt-placeholder",
+        ),
+        pytest.param(
+            "messages:\n  patient:\n    in-review: 'Costs $ 5'\n",
+            "messages.patient",
+            "in-review: a '$' that starts no placeholder",
+            id="stray-dollar",
+        ),
+        pytest.param(
+            "messages:\n  office:\n    thanks: 'Thank you'\n",
+            "messages.office",
+            "unknown template 'thanks'",
+            id="unknown-template",
+        ),
+        pytest.param(
+            "messages:\n  how_to_provide:\n    records: ''\n",
+            "messages.how_to_provide",
+            "records: the text must be a non-empty string",
+            id="empty-text",
+        ),
+        pytest.param(
+            "status_loop:\n  receipt_confirmed: sometimes\n",
+            "status_loop.receipt_confirmed",
+            "'high-relationship'",
+            id="unknown-audience",
+        ),
+        pytest.param(
+            "status_loop:\n  patient_contacted_outcomes: [voicemail]\n",
+            "status_loop.patient_contacted_outcomes",
+            "unknown contact outcome 'voicemail'",
+            id="unknown-outcome",
+        ),
+        pytest.param(
+            "writeback:\n  practice:\n    reference: 'http://elsewhere/Organization/1'\n",
+            "writeback.practice.reference",
+            "match pattern",
+            id="practice-not-a-reference",
+        ),
+        pytest.param(
+            "writeback:\n  max_attempts: 0\n",
+            "writeback.max_attempts",
+            "greater than or equal to 1",
+            id="no-attempts",
+        ),
+        pytest.param(
             # YAML 1.1 reads yes/no/on/off as booleans: `no` must not become a 0-day window.
             "patient_active:\n  window_days: no\n",
             "patient_active.window_days",

@@ -102,3 +102,45 @@ def test_command_line_exit_status_and_one_line_per_file() -> None:
     assert [line["valid"] for line in lines] == [True, False]
     assert usage.returncode == 2
     assert "usage:" in usage.stderr
+
+
+def test_our_profiles_carry_the_snapshots_their_differentials_make() -> None:
+    require_java_toolchain()
+    profiles = sorted(FHIR_PROFILES.glob("StructureDefinition-*.json"))
+    assert len(profiles) == 6
+    checked = subprocess.run(
+        [str(VALIDATE_SH), "snapshot", "--ig", str(FHIR_PROFILES), "--check", *map(str, profiles)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    # Stale after an edit of a differential: run the same command without --check.
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count("up to date: ") == len(profiles)
+
+
+def test_our_profiles_reject_what_they_constrain(fhir_validator: Validator) -> None:
+    task = {
+        "resourceType": "Task",
+        "meta": {
+            "profile": [
+                "https://fhir.referral-adapter.org/StructureDefinition/referral-follow-up-task"
+            ]
+        },
+        "identifier": [{"system": "urn:someone-else", "value": "1"}],
+        "status": "requested",
+        "intent": "order",
+        "code": {
+            "coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]
+        },
+        "focus": {"reference": "ServiceRequest/1"},
+        "for": {"reference": "Patient/1"},
+        "authoredOn": "2026-12-03T10:00:00Z",
+        "lastModified": "2026-12-03T10:00:00Z",
+        "owner": {"display": "Team"},
+    }
+    found = " | ".join(issue["diagnostics"] for issue in errors(fhir_validator.validate(task)))
+    assert "Task.businessStatus: minimum required = 1" in found
+    assert "rfa-task-1" in found  # our identifier is missing
+    assert "task-status" in found  # requested is not a status we write

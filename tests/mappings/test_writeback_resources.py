@@ -23,6 +23,7 @@ from mappings.writeback import (
     contact_attempt_communication,
     follow_up_task,
     identifier_query,
+    identifier_token,
     managed_part,
     merge_task,
     office_message,
@@ -323,7 +324,12 @@ def test_a_contact_attempt_that_missed_the_patient_is_not_done_with_its_reason()
 
 def test_identifier_queries_escape_search_syntax() -> None:
     assert identifier_query("urn:s", "ServiceRequest/1:x") == "identifier=urn:s|ServiceRequest/1:x"
-    assert identifier_query("urn:s", "a,b|c$d") == "identifier=urn:s|a\\,b\\|c\\$d"
+    assert identifier_token("urn:s", "a,b|c$d") == "urn:s|a\\,b\\|c\\$d"
+    # A query string: `+` would be read as a space, `\\` and `,` are encoded too.
+    assert identifier_query("urn:s", "x:records+clarification") == (
+        "identifier=urn:s|x:records%2Bclarification"
+    )
+    assert identifier_query("urn:s", "a,b") == "identifier=urn:s|a%5C%2Cb"
 
 
 def test_texts_are_plain_where_plain_and_escaped_where_xhtml() -> None:
