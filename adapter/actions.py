@@ -285,19 +285,26 @@ def assign_owner(
 
 
 def mark_reviewed(
-    session: Session, referral: str, *, actor: Actor, now: datetime | None = None
+    session: Session,
+    referral: str,
+    *,
+    actor: Actor,
+    rules: PracticeRules,
+    now: datetime | None = None,
 ) -> None:
-    """Record that the referral was looked at in the same-day review lane."""
+    """Record that the referral was looked at in the same-day review lane, and queue the Task
+    that says so."""
     now = _aware(now or datetime.now(UTC))
     evaluation = _evaluation(session, referral)
     stmt = store.insert_for(session)(ReviewRow).values(
-        referral_key=referral, reviewed_at=now, reviewed_by=actor.id
+        referral_key=referral, reviewed_at=now, reviewed_by=actor.display or actor.id
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["referral_key"],
         set_={"reviewed_at": stmt.excluded.reviewed_at, "reviewed_by": stmt.excluded.reviewed_by},
     )
     session.execute(stmt)
+    _replan(session, evaluation, rules, now)
     audit(
         session,
         actor.id,

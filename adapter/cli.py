@@ -406,6 +406,75 @@ def _assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from adapter.ingest import ingest
+
+    rules = load_rules(args.rules)
+    engine = _engine(args.db)
+    as_of = args.as_of or datetime.now(UTC)
+    with bulk_allocation():
+        summary = ingest(args.input, engine, rules, as_of, report)
+    sys.stderr.write(
+        f"{PROG}: imported {summary.stored} resources ({summary.stats.skipped} unreadable "
+        f"skipped); {summary.referrals} referrals evaluated ({summary.moved} moved); "
+        f"write-back queued {summary.planned_tasks} Task and {summary.planned_messages} status "
+        "updates\n"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import waitress
+
+    from smart_launch import create_app, load_config
+
+    config = load_config(args.config)
+    app = create_app(config)
+    sys.stderr.write(f"{PROG}: serving the referral view on http://{args.host}:{args.port}/\n")
+    waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident=None)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import secrets
+
+    import waitress
+
+    from adapter.ingest import ingest
+    from adapter.synth import synth_to_dir
+    from smart_launch import ViewConfig, create_app
+
+    folder: Path = args.dir
+    data, db = folder / "data", folder / "demo.db"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in (db, db.with_name("demo.db-wal"), db.with_name("demo.db-shm")):
+        stale.unlink(missing_ok=True)
+    now = datetime.now(UTC)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    synth_to_dir(args.referrals, args.seed, today + timedelta(days=1), data)
+    url = f"sqlite:///{db}"
+    engine = _engine(url)
+    with bulk_allocation():
+        summary = ingest(data, engine, load_rules(None), now, report, source="demo")
+    sys.stderr.write(
+        f"{PROG}: demo: {args.referrals} synthetic referrals generated into {data} and run "
+        f"through the pipeline into {db} ({summary.referrals} evaluated)\n"
+    )
+    config = ViewConfig(
+        database=url,
+        secret_key=secrets.token_urlsafe(32),
+        demo=True,
+        # Loopback and no EHR iframe: a first-party Lax cookie (Secure needs HTTPS elsewhere).
+        secure_cookies=False,
+    )
+    app = create_app(config, engine)
+    address = f"http://127.0.0.1:{args.port}/demo"
+    sys.stderr.write(f"{PROG}: demo: open {address} (Ctrl-C stops)\n")
+    sys.stderr.flush()
+    waitress.serve(app, host="127.0.0.1", port=args.port, threads=8, ident=None)
+    return 0
+
+
 def _json_line(event: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
     sys.stdout.flush()
@@ -703,6 +772,52 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--owner", metavar="REF", help="Practitioner/123, PractitionerRole/...")
     assign.add_argument("--owner-name", metavar="NAME", help="the owner's name")
     assign.set_defaults(run=_assign)
+
+    imported = commands.add_parser(
+        "import",
+        help="put a Bundle, NDJSON file or Bulk Data export into the store (no server)",
+        description="Validate and store the input as a sync would, then evaluate every stored "
+        "referral (and queue the write-back it calls for).",
+    )
+    imported.add_argument("--input", required=True, type=Path, metavar="PATH")
+    imported.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+    imported.add_argument("--rules", type=Path, metavar="FILE")
+    imported.add_argument("--as-of", type=parse_as_of, metavar="ISO8601")
+    imported.set_defaults(run=_import)
+
+    serve = commands.add_parser(
+        "serve", help="serve the SMART-on-FHIR work queue (waitress, production)"
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML configuration (database, secret_key, base_url, issuers, frame_ancestors); "
+        "REFERRAL_ADAPTER_* variables override it",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_count, default=8000)
+    serve.add_argument("--threads", type=_positive, default=8)
+    serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the work queue on synthetic data, on 127.0.0.1, behind a demo sign-in",
+        description="Generate a synthetic practice's referrals, run them through the real "
+        "pipeline into SQLite and serve the work queue on 127.0.0.1 with a demo sign-in. "
+        "Needs no external server.",
+    )
+    demo.add_argument("--referrals", type=_positive, default=300, metavar="N")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--port", type=_count, default=8000)
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("referral-adapter-demo"),
+        metavar="DIR",
+        help="where the data and the store go (default ./referral-adapter-demo, replaced)",
+    )
+    demo.set_defaults(run=_demo)
 
     referrals = commands.add_parser(
         "referrals",

@@ -251,6 +251,7 @@ def plan_evaluations(
     states = outbox.writeback_states(session, keys)
     assigned = owners(session, keys)
     notes = latest_notes(session, keys)
+    reviewed = reviews(session, keys)
     intents: list[Intent] = []
     remembered: list[dict[str, Any]] = []
     wanted_events: list[tuple[Mapping[str, Any], Any]] = []
@@ -271,6 +272,7 @@ def plan_evaluations(
             authored_on=now,
             owner=assigned.get(key),
             note=notes.get(key),
+            review=reviewed.get(key),
         )
         if task is None:
             summary.skipped += 1

@@ -26,7 +26,11 @@ __all__ = [
     "CLIENT_ASSERTION_TYPE",
     "Auth",
     "BearerToken",
+    "PrivateKey",
     "SmartBackendAuth",
+    "client_assertion",
+    "load_private_key",
+    "signing_algorithm",
 ]
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -85,6 +89,30 @@ def load_private_key(pem: str | bytes, password: bytes | None = None) -> Private
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise ConfigError("the SMART private key must be RSA (RS384) or EC P-384 (ES384)")
     return key
+
+
+def signing_algorithm(key: PrivateKey) -> str:
+    """RS384 for an RSA key of 2048 bits or more, ES384 for an EC P-384 key; else ConfigError."""
+    return _algorithm_for(key)
+
+
+def client_assertion(
+    key: PrivateKey, key_id: str, client_id: str, audience: str, now: float
+) -> str:
+    """A `private_key_jwt` client assertion: iss = sub = the client, aud = the token endpoint,
+    a fresh jti, expiring within 5 minutes (SMART App Launch and Backend Services)."""
+    issued = int(now)
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "jti": str(uuid.uuid4()),
+        "iat": issued,
+        "exp": issued + ASSERTION_LIFETIME_S,
+    }
+    return jwt.encode(
+        claims, key, algorithm=_algorithm_for(key), headers={"kid": key_id, "typ": "JWT"}
+    )
 
 
 def _algorithm_for(key: PrivateKey) -> str:
@@ -156,18 +184,7 @@ class SmartBackendAuth:
 
     def client_assertion(self, audience: str) -> str:
         """A freshly signed assertion: iss = sub = client id, aud = token endpoint, new jti."""
-        now = int(self._clock())
-        claims = {
-            "iss": self.client_id,
-            "sub": self.client_id,
-            "aud": audience,
-            "jti": str(uuid.uuid4()),
-            "iat": now,
-            "exp": now + ASSERTION_LIFETIME_S,
-        }
-        return jwt.encode(
-            claims, self._key, algorithm=self.algorithm, headers={"kid": self.key_id, "typ": "JWT"}
-        )
+        return client_assertion(self._key, self.key_id, self.client_id, audience, self._clock())
 
     def _discover(self, http: httpx.Client) -> str:
         url = f"{self._base}/.well-known/smart-configuration"

@@ -132,7 +132,7 @@ def _json_text(value: Any) -> str:
 
 
 # The newest migration; a test keeps it equal to the head of adapter/migrations/versions.
-HEAD = "0003"
+HEAD = "0004"
 
 
 def upgrade(url: str | URL, revision: str = "head") -> None:
@@ -400,6 +400,12 @@ def save_evaluations(
             "segments": list(e.segments),
             "evaluation": e.to_json(),
             "evaluated_at": as_of,
+            "arrived_at": e.arrived,
+            "due_at": e.next_action.due if e.next_action else None,
+            "age_days": e.age_days,
+            "aging_band": e.aging_band,
+            "source": e.source[:160] if e.source else None,
+            "high_relationship": "high-relationship" in e.segments,
         }
         for e in evaluations
     }

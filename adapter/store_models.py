@@ -39,6 +39,7 @@ __all__ = [
     "SyncCursor",
     "TaskRecord",
     "UTCDateTime",
+    "WebSession",
     "WritebackState",
 ]
 
@@ -94,9 +95,14 @@ class StoredResource(Base):
 
 
 class Referral(Base):
-    """The latest evaluation of one referral (key "ServiceRequest/id")."""
+    """The latest evaluation of one referral (key "ServiceRequest/id"), with the parts the work
+    queue filters and sorts by in columns of their own."""
 
     __tablename__ = "referral"
+    __table_args__ = (
+        Index("ix_referral_queue", "state", "primary_segment", "due_at"),
+        Index("ix_referral_arrived", "state", "arrived_at"),
+    )
 
     key: Mapped[str] = mapped_column(String(160), primary_key=True)
     patient: Mapped[str | None] = mapped_column(String(160), index=True)
@@ -105,6 +111,13 @@ class Referral(Base):
     segments: Mapped[list[str]]
     evaluation: Mapped[dict[str, Any]]
     evaluated_at: Mapped[datetime]
+    arrived_at: Mapped[datetime | None]
+    due_at: Mapped[datetime | None]
+    age_days: Mapped[int | None] = mapped_column(Integer)
+    aging_band: Mapped[str | None] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(160), index=True)
+    # In the high-relationship segment (never primary: the queue shows it as a lane of its own).
+    high_relationship: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class SegmentChange(Base):
@@ -268,6 +281,20 @@ class ReviewRow(Base):
     referral_key: Mapped[str] = mapped_column(String(160), primary_key=True)
     reviewed_at: Mapped[datetime]
     reviewed_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class WebSession(Base):
+    """A browser session of the SMART view, kept on the server: the cookie holds only its id.
+    `secret` is encrypted (tokens, PKCE verifiers); `data` holds the rest (user, scopes, CSRF
+    token, pending launch states)."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    data: Mapped[dict[str, Any]]
+    secret: Mapped[str | None] = mapped_column(Text)
 
 
 class AuditEvent(Base):

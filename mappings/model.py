@@ -90,6 +90,9 @@ class ReferralEvaluation:
     source: str | None
     next_action: NextAction | None
     reasons: tuple[Reason, ...]
+    # When the referral arrived (authoredOn, else meta.lastUpdated): what its age counts from.
+    # Not part of the printed line; the store keeps it for the review lane.
+    arrived: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The line the `segment` command prints (DESIGN.md's contract, keys in its order)."""

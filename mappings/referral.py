@@ -418,6 +418,7 @@ class Evaluator:
                 source=source,
                 next_action=None,
                 reasons=(state_reason, *(r for m in missing for r in m.reasons)),
+                arrived=started,
             )
         missing = self.missing(referral, MISSING)
         found: dict[str, list[Reason]] = {TIME_SENSITIVE: self._time_sensitive(referral)}
@@ -452,6 +453,7 @@ class Evaluator:
             source=source,
             next_action=self._next_action(primary, details, start),
             reasons=reasons,
+            arrived=started,
         )
 
     def _next_action(

@@ -180,6 +180,28 @@ class WritebackRules(_Rules):
     retry_seconds: int = Field(ge=1, strict=True)
 
 
+class ReviewRules(_Rules):
+    """The same-day review lane: the times of day (in the business-hours time zone) at which
+    someone looks at what has arrived."""
+
+    times: tuple[time, ...] = Field(min_length=1)
+
+    @field_validator("times", mode="before")
+    @classmethod
+    def _quoted_times(cls, value: object) -> object:
+        if not isinstance(value, list | tuple):
+            return value
+        parsed = []
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError("write each time as a quoted string, such as '09:00'")
+            try:
+                parsed.append(time.fromisoformat(item))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a time of day such as '09:00'") from None
+        return tuple(sorted(set(parsed)))
+
+
 class MessageRules(_Rules):
     """Approved texts: for the patient by referral state, for the office by event."""
 
@@ -226,6 +248,7 @@ class PracticeRules(_Rules):
     status_loop: StatusLoopRules
     writeback: WritebackRules
     messages: MessageRules
+    review: ReviewRules
 
     @field_validator("segments", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ __all__ = [
     "COMMUNICATION_SYSTEM",
     "CONTACT_PROFILE",
     "NOTE_ID",
+    "REVIEW_ID",
     "STATUS_PROFILE",
     "TASK_PROFILE",
     "TASK_SYSTEM",
@@ -68,7 +69,9 @@ CONTACT_PROFILE = f"{CANONICAL_BASE}/StructureDefinition/contact-attempt-communi
 BACKUP_ROLE_URL = f"{CANONICAL_BASE}/StructureDefinition/backup-owner-role"
 NOTE_URL = f"{CANONICAL_BASE}/StructureDefinition/next-person-note"
 OUTCOME_URL = f"{CANONICAL_BASE}/StructureDefinition/contact-outcome"
-NOTE_ID = "next-person-note"  # Annotation.id of our note: the one note of a Task we replace
+NOTE_ID = "next-person-note"  # Annotation.id of our note: the notes of a Task we replace
+REVIEW_ID = "same-day-review"  # Annotation.id of the review mark
+OUR_NOTES = (NOTE_ID, REVIEW_ID)
 TASK_CODE = {
     "coding": [
         {
@@ -252,8 +255,10 @@ def follow_up_task(
     authored_on: datetime,
     owner: Owner | None = None,
     note: FollowUpNote | None = None,
+    review: tuple[datetime, str | None] | None = None,
 ) -> JSON | None:
-    """The follow-up Task for a referral as it stands; None when it has no patient to be for."""
+    """The follow-up Task for a referral as it stands; None when it has no patient to be for.
+    `review`: when (and by whom) it was last marked reviewed in the same-day review lane."""
     patient = evaluation.get("patient")
     if not isinstance(patient, str) or not patient.startswith("Patient/"):
         return None
@@ -295,8 +300,17 @@ def follow_up_task(
     if action and action.get("due"):
         task["restriction"] = {"period": {"end": action["due"]}}
         summary += f"; due {action['due']}"
-    if note is not None:
-        task["note"] = [note.to_annotation()]
+    notes = [note.to_annotation()] if note is not None else []
+    if review is not None:
+        reviewed_at, reviewer = review
+        mark: JSON = {"id": REVIEW_ID}
+        if reviewer:
+            mark["authorString"] = reviewer
+        mark["time"] = _instant(reviewed_at)
+        mark["text"] = "Reviewed in the same-day review lane: segment and next step confirmed."
+        notes.append(mark)
+    if notes:
+        task["note"] = notes
     inputs = [
         {
             "type": {"coding": [terms.coding("missing-detail", item["item"])]},
@@ -330,7 +344,7 @@ def managed_part(task: Mapping[str, Any]) -> JSON:
     what we want (narrative and lastModified left out: they follow from the rest)."""
     part = {key: task.get(key) for key in MANAGED}
     part["extension"] = _ours(_list(task.get("extension")), "url", [BACKUP_ROLE_URL])
-    part["note"] = _ours(_list(task.get("note")), "id", [NOTE_ID])
+    part["note"] = _ours(_list(task.get("note")), "id", OUR_NOTES)
     part["identifier"] = _ours(_list(task.get("identifier")), "system", [TASK_SYSTEM])
     return part
 
@@ -359,7 +373,7 @@ def merge_task(current: Mapping[str, Any], desired: Mapping[str, Any]) -> JSON:
     extensions = _theirs(_list(current.get("extension")), "url", [BACKUP_ROLE_URL])
     extensions += _list(desired.get("extension"))
     _set_list(merged, "extension", extensions)
-    notes = _theirs(_list(current.get("note")), "id", [NOTE_ID]) + _list(desired.get("note"))
+    notes = _theirs(_list(current.get("note")), "id", OUR_NOTES) + _list(desired.get("note"))
     _set_list(merged, "note", notes)
     identifiers = _theirs(_list(current.get("identifier")), "system", [TASK_SYSTEM])
     merged["identifier"] = _list(desired.get("identifier")) + identifiers

@@ -35,6 +35,7 @@ TABLES = {
     "segment_history",
     "sync_cursor",
     "task_record",
+    "web_session",
     "writeback_state",
 }
 
