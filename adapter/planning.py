@@ -25,6 +25,7 @@ from adapter import outbox
 from adapter.outbox import Intent
 from adapter.store_models import NoteRow, OwnerRow, ReviewRow, StoredResource
 from mappings.index import ReferralIndex
+from mappings.names import display_name
 from mappings.references import reference_key
 from mappings.rules import PracticeRules
 from mappings.writeback import (
@@ -142,20 +143,6 @@ def details_from_store(session: Session, keys: Iterable[str]) -> dict[str, Refer
     return found
 
 
-def _person_name(patient: Mapping[str, Any]) -> str | None:
-    for name in patient.get("name") or ():
-        if not isinstance(name, dict):
-            continue
-        if isinstance(name.get("text"), str) and name["text"].strip():
-            return str(name["text"])
-        given = [g for g in name.get("given") or () if isinstance(g, str)]
-        family = name.get("family") if isinstance(name.get("family"), str) else None
-        parts = [*given, *([family] if family else [])]
-        if parts:
-            return " ".join(parts)
-    return None
-
-
 def with_people(
     session: Session, details: Mapping[str, ReferralDetails], patients: Mapping[str, str | None]
 ) -> dict[str, ReferralDetails]:
@@ -181,7 +168,7 @@ def with_people(
             requester=found.requester,
             number=found.number,
             received=found.received,
-            patient_name=_person_name(body),
+            patient_name=display_name(body),
             birth_date=birth if isinstance(birth, str) else None,
             appointment=found.appointment,
             appointment_start=found.appointment_start,

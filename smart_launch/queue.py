@@ -26,6 +26,7 @@ from adapter.store_models import (
     StoredResource,
 )
 from fhir_profiles import terminology
+from mappings.names import display_name
 from mappings.review import ReviewWindow
 
 __all__ = [
@@ -271,22 +272,6 @@ def _note_text(row: NoteRow) -> str:
     if row.next_attempt_due:
         parts.append(f"Next attempt due {row.next_attempt_due.strftime('%Y-%m-%d %H:%M')} UTC.")
     return " ".join(parts)
-
-
-def display_name(body: dict[str, Any]) -> str | None:
-    for name in body.get("name") or ():
-        if not isinstance(name, dict):
-            continue
-        if isinstance(name.get("text"), str) and name["text"].strip():
-            return str(name["text"])
-        given = [g for g in name.get("given") or () if isinstance(g, str)]
-        family = name.get("family") if isinstance(name.get("family"), str) else None
-        parts = [*given, *([family] if family else [])]
-        if parts:
-            return " ".join(parts)
-    if isinstance(body.get("name"), str):  # an Organization's name
-        return str(body["name"])
-    return None
 
 
 def _patients(session: Session, keys: set[str]) -> dict[str, tuple[str | None, str | None]]:
