@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,32 @@ def test_screenshots_of_the_queue_and_a_referral(
     page.screenshot(path=str(referral_png))
 
     assert written_png(queue_png) != written_png(referral_png)
+
+
+def test_an_access_token_about_to_expire_is_refreshed_on_the_server(
+    page: Page, stack: Stack
+) -> None:
+    """The view refreshes the EHR's token shortly before it expires (refresh_margin_s), with
+    the refresh token, at the real authorization server; the new tokens stay on the server."""
+    frame = ehr_launch(page, stack)
+    [cookie] = [c for c in page.context.cookies() if c["domain"] == "localhost"]
+    sessions = stack.sessions()
+    before = sessions.load(cookie["value"])
+    assert before is not None
+    old_access = before.secret["access_token"]
+    # As if the token had been issued long ago: it expires within the refresh margin.
+    before.set_secret("expires_at", int(time.time()) + 5)
+    sessions.save(before)
+    requests_before = httpx.get(f"{stack.ehr_url}/test/token-requests").json()
+
+    frame.goto(f"{stack.view_url}/queue")
+    frame.wait_for_load_state()
+
+    after = sessions.load(cookie["value"])
+    assert after is not None
+    assert after.secret["access_token"] != old_access
+    assert after.secret["access_token"] in issued_tokens(stack)
+    assert after.secret["expires_at"] > time.time() + 60
+    new_requests = httpx.get(f"{stack.ehr_url}/test/token-requests").json()[len(requests_before) :]
+    assert [(r["grant_type"], r["status"]) for r in new_requests] == [("refresh_token", 200)]
+    assert after.secret["access_token"] not in frame.content()
