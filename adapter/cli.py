@@ -562,6 +562,39 @@ def _referrals(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weekly_report(args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from adapter.report import Period, ReportSettings, compute_report
+    from adapter.report_render import render
+
+    if args.week is not None and (args.start is not None or args.end is not None):
+        raise ConfigError("give --week, or --from and --to, not both")
+    if args.week is not None:
+        period = Period.week(args.week)
+    elif args.start is not None and args.end is not None:
+        period = Period.between(args.start, args.end)
+    else:
+        raise ConfigError("give --week (e.g. 2026-W48), or --from and --to")
+    settings = ReportSettings(
+        stale_missing_days=args.stale_days,
+        open_limit_days=args.open_limit_days,
+        trend_weeks=args.trend_weeks,
+    )
+    engine = _engine(args.db)
+    with Session(engine) as session:
+        result = compute_report(session, period, load_rules(args.rules), settings)
+    text = render(result, args.format)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"--out {args.out}: cannot write ({error.strerror})") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="FHIR R4 referral follow-up adapter.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -832,6 +865,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     referrals.add_argument("--rules", type=Path, metavar="FILE")
     referrals.set_defaults(run=_referrals)
+
+    weekly = commands.add_parser(
+        "report",
+        help="the weekly referral review: movement, aging, leakage (HTML, CSV or JSON)",
+        description="Metrics for a period, computed in the store's database from the segment "
+        "history: by segment and referring source, with the referrals behind every number.",
+    )
+    weekly.add_argument("--week", metavar="YYYY-Www", help="an ISO week, e.g. 2026-W48")
+    weekly.add_argument("--from", dest="start", type=parse_as_of, metavar="ISO8601")
+    weekly.add_argument("--to", dest="end", type=parse_as_of, metavar="ISO8601")
+    weekly.add_argument("--format", choices=("html", "csv", "json"), default="html")
+    weekly.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+    weekly.add_argument("--rules", type=Path, metavar="FILE")
+    weekly.add_argument("--out", type=Path, metavar="FILE", help="default: standard output")
+    weekly.add_argument("--stale-days", type=_count, default=7, metavar="N")
+    weekly.add_argument("--open-limit-days", type=_count, default=30, metavar="N")
+    weekly.add_argument("--trend-weeks", type=_positive, default=8, metavar="N")
+    weekly.set_defaults(run=_weekly_report)
     return parser
 
 

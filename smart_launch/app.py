@@ -78,6 +78,8 @@ def create_app(config: ViewConfig, engine: Engine | None = None) -> Flask:
     app.jinja_env.globals.update(
         terms=terminology(),
         csrf=lambda: browser().csrf_token,
+        # The referral review covers the whole practice: not offered in a patient's launch.
+        practice_wide=lambda: not isinstance(browser().data.get("patient"), str),
         demo=config.demo,
     )
     zone = rules.business_hours.zone
@@ -386,6 +388,42 @@ def _routes(app: Flask) -> None:
             patient=filters.patient,
             can_write=_can_write(),
             flash=browser().pop_flash(),
+        )
+
+    @app.get("/metrics")
+    def metrics() -> Response | str | tuple[str, int]:
+        """The weekly referral review (adapter.report), for a practice-wide session only."""
+        from adapter.report import DEFINITIONS, Period, compute_report, week_label
+        from adapter.report_render import charts
+
+        if not _signed_in():
+            return redirect(url_for("home"))
+        if isinstance(browser().data.get("patient"), str):
+            return _refused(
+                403, "Not allowed", "The referral review covers the whole practice, not a patient."
+            )
+        now = datetime.now(UTC)
+        monday = (now - timedelta(days=now.weekday())).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
+        try:
+            period = Period.week(request.args.get("week") or week_label(monday))
+        except ConfigError:
+            return _refused(400, "Not a week", "Give an ISO week such as 2026-W48.")
+        with Session(_engine()) as session, session.begin():
+            report = compute_report(session, period, _rules())
+            actions.audit(
+                session, _actor().id, "metrics-view", detail={"week": period.label}, now=now
+            )
+        return render_template(
+            "metrics.html",
+            report=report,
+            charts=charts(report),
+            definitions=DEFINITIONS,
+            previous=week_label(period.start),
+            following=week_label(period.end + timedelta(days=7)),
+            limit=50,
+            user=browser().user,
         )
 
     @app.get("/referrals/<rid>")
