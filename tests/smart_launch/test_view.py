@@ -270,6 +270,9 @@ def test_a_patient_launch_shows_only_that_patients_referrals(engine: Engine) -> 
     assert patient in page
     assert client.get(f"/referrals/{other.partition('/')[2]}").status_code == 404
     assert client.get(f"/referrals/{mine.partition('/')[2]}").status_code == 200
+    # The practice-wide referral review is neither offered nor served in a patient's launch.
+    assert 'href="/metrics"' not in page
+    assert client.get("/metrics").status_code == 403
 
 
 def test_a_read_only_grant_turns_the_actions_off(engine: Engine) -> None:
