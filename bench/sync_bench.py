@@ -3,7 +3,8 @@
 For each size: start the test HAPI server (tests/hapi/hapi.sh), load `synth` data into it with
 `referral-adapter load`, run one sync with the request log on (REFERRAL_ADAPTER_HTTP_LOG) to learn
 which pages a sync GETs, then, alternating so machine noise hits both alike:
-- floor: a fresh Python process GETs exactly those URLs with a plain httpx loop, parsing each;
+- floor: a fresh Python process runs the same searches with a plain httpx loop, following their
+  next links and parsing each page (the same GETs, and the same work for the server);
 - sync: a fresh `referral-adapter sync` into an empty SQLite store.
 Reported: wall times and their ratio (target at most 1.25), the adapter's own CPU seconds per
 1,000 resources (user+sys of the sync process; HAPI's time is not the adapter's), HTTP requests
@@ -40,12 +41,21 @@ AS_OF = "2026-12-03T12:00:00Z"
 # Everything was loaded moments ago; with the default 5-minute overlap every sync would re-read
 # it all. One second keeps the incremental measurement about the changes.
 SHORT = ("--overlap-seconds", "1")
+# The floor runs the searches the sync ran (the first pages in its request log) and follows
+# their next links itself, parsing every page: the server does the same work for both. (A
+# replay of the logged next links would be cheaper than any real client: HAPI serves them from
+# the search it already ran for the logging sync.)
 FLOOR = """
 import sys, httpx, orjson
 urls = [line.split()[1] for line in open(sys.argv[1]) if line.startswith("GET ")]
 with httpx.Client(timeout=120, headers={"Accept": "application/fhir+json"}) as http:
     for url in urls:
-        orjson.loads(http.get(url).content)
+        if "_getpages=" in url:
+            continue
+        while url:
+            page = orjson.loads(http.get(url).content)
+            links = page.get("link") or []
+            url = next((x["url"] for x in links if x.get("relation") == "next"), None)
 """
 PEER = """
 import sys
