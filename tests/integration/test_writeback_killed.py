@@ -9,11 +9,15 @@ import random
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
+from adapter import store
 from adapter.cli import main
 from adapter.store_models import OutboxEntry
 from tests.integration.fhir_helpers import raw_client
@@ -64,6 +68,10 @@ def test_a_killed_write_back_leaves_one_task_per_referral_and_one_message_per_ev
         process.wait()
         done = sum(row.status == "done" for row in outbox_rows(db))
         partial += 0 < done < entries
+        # The killed writer may have claimed its next batch: those entries stay leased to it
+        # (outbox.LEASE) so that no live writer is raced; let that time pass.
+        leased = expire_leases(db)
+        assert leased <= 3, "a writer holds at most one batch"
         finished = subprocess.run(command(*write), capture_output=True, text=True, check=False)
         assert finished.returncode == 0, finished.stderr
         rows = outbox_rows(db)
@@ -71,6 +79,22 @@ def test_a_killed_write_back_leaves_one_task_per_referral_and_one_message_per_ev
         with raw_client(hapi_base_url) as fhir:
             check_exactly_once(fhir, rows)
     assert partial >= 2, "no trial was killed in the middle of writing"
+
+
+def expire_leases(db: str) -> int:
+    """Move the leases still held back past their end, as `outbox.LEASE` after a crash does;
+    how many entries were leased."""
+    engine = store.make_engine(db)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with Session(engine) as session, session.begin():
+        held = session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.status == "pending", OutboxEntry.lease_until.is_not(None))
+            .values(lease_until=past)
+        )
+        count = held.rowcount
+    engine.dispose()
+    return int(count)
 
 
 def check_exactly_once(fhir: httpx.Client, rows: list[OutboxEntry]) -> None:
