@@ -102,6 +102,8 @@ class Referral(Base):
     __table_args__ = (
         Index("ix_referral_queue", "state", "primary_segment", "due_at"),
         Index("ix_referral_arrived", "state", "arrived_at"),
+        Index("ix_referral_state_source", "state", "source"),
+        Index("ix_referral_high_relationship", "state", "high_relationship", "due_at"),
     )
 
     key: Mapped[str] = mapped_column(String(160), primary_key=True)

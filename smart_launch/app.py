@@ -366,7 +366,7 @@ def _routes(app: Flask) -> None:
         window = review_window(now, _rules())
         with Session(_engine()) as session, session.begin():
             found = queue.lanes(session, filters, now, window, _config().queue_page_size)
-            sources = queue.source_names(session, filters.patient)
+            sources = queue.source_names(session, filters.patient, filters.source)
             shown = sorted({i.patient for lane in found for i in lane.items if i.patient})
             actions.audit(
                 session,
@@ -381,6 +381,7 @@ def _routes(app: Flask) -> None:
             lanes=found,
             filters=filters,
             sources=sources,
+            source_limit=queue.SOURCE_CHOICES,
             window=window,
             now=now,
             bands=queue.BANDS,

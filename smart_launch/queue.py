@@ -294,29 +294,54 @@ def _patients(session: Session, keys: set[str]) -> dict[str, tuple[str | None, s
     return found
 
 
-def source_names(session: Session, patient: str | None = None) -> list[tuple[str, str]]:
-    """The referring sources of open referrals, as (key, name), by name."""
-    stmt = select(Referral.source).where(Referral.state == "open", Referral.source.is_not(None))
+# The source filter offers the offices that send most: a practice hears from thousands of
+# referring parties over the years, and a list of every one made the queue page mostly <option>s.
+SOURCE_CHOICES = 60
+
+
+def source_names(
+    session: Session,
+    patient: str | None = None,
+    selected: str | None = None,
+    limit: int = SOURCE_CHOICES,
+) -> list[tuple[str, str, int]]:
+    """The referring sources with most open referrals (and the selected one), as (key, name,
+    open referrals), by name."""
+    stmt = (
+        select(Referral.source, func.count())
+        .where(Referral.state == "open", Referral.source.is_not(None))
+        .group_by(Referral.source)
+        .order_by(func.count().desc(), Referral.source)
+        .limit(limit)
+    )
     if patient:
         stmt = stmt.where(Referral.patient == patient)
-    keys = sorted({k for k in session.execute(stmt.distinct()).scalars() if k})
+    counts = {str(k): int(n) for k, n in session.execute(stmt) if k}
+    if selected and selected not in counts:
+        counts[selected] = int(
+            session.execute(
+                select(func.count())
+                .select_from(Referral)
+                .where(Referral.state == "open", Referral.source == selected)
+            ).scalar_one()
+        )
     names: dict[str, str] = {}
     by_type: dict[str, list[str]] = {}
-    for key in keys:
+    for key in counts:
         rtype, _, rid = key.partition("/")
         by_type.setdefault(rtype, []).append(rid)
     for rtype, ids in by_type.items():
-        for start in range(0, len(ids), 500):
-            for rid, body in session.execute(
-                select(StoredResource.id, StoredResource.body).where(
-                    StoredResource.resource_type == rtype,
-                    StoredResource.id.in_(ids[start : start + 500]),
-                )
-            ):
-                shown = display_name(body)
-                if shown:
-                    names[f"{rtype}/{rid}"] = shown
-    return sorted(((k, names.get(k, k)) for k in keys), key=lambda pair: pair[1].lower())
+        for rid, body in session.execute(
+            select(StoredResource.id, StoredResource.body).where(
+                StoredResource.resource_type == rtype, StoredResource.id.in_(ids)
+            )
+        ):
+            shown = display_name(body)
+            if shown:
+                names[f"{rtype}/{rid}"] = shown
+    return sorted(
+        ((k, names.get(k, k), n) for k, n in counts.items()), key=lambda row: row[1].lower()
+    )
 
 
 @dataclass

@@ -23,6 +23,7 @@ from adapter.store_models import (
     WebSession,
 )
 from fhir_profiles import terminology
+from smart_launch import queue
 from tests.smart_launch.conftest import HOSTILE, NOW, csrf_of, signed_in, view
 
 LANE = re.compile(r'<h2 id="lane-([a-z-]+)">[^<]*<span class="count">(\d+)</span>')
@@ -91,6 +92,30 @@ def test_lane_filter_and_sorting(engine: Engine) -> None:
         )
         == young
     )
+
+
+def test_the_source_filter_offers_the_busiest_sources_and_the_chosen_one(engine: Engine) -> None:
+    with Session(engine) as session:
+        counts = dict(
+            session.execute(
+                select(Referral.source, func.count())
+                .where(Referral.state == "open", Referral.source.is_not(None))
+                .group_by(Referral.source)
+            ).all()
+        )
+        assert len(counts) > 3
+        top = queue.source_names(session, limit=3)
+        quiet = min(counts, key=lambda k: (counts[k], k))
+        with_chosen = queue.source_names(session, selected=quiet, limit=3)
+    busiest = sorted(counts.values(), reverse=True)[:3]
+    assert sorted((n for _, _, n in top), reverse=True) == busiest
+    assert all(counts[key] == n for key, _, n in top)
+    assert [name.lower() for _, name, _ in top] == sorted(name.lower() for _, name, _ in top)
+    assert {key for key, _, _ in with_chosen} == {key for key, _, _ in top} | {quiet}
+    page = signed_in(view(engine)).get("/queue").text
+    options = re.findall(r'<option value="([A-Za-z]+/[^"]+)"', page)
+    assert set(options) <= set(counts)
+    assert len(options) == min(len(counts), queue.SOURCE_CHOICES)
 
 
 def test_every_action_is_stored_audited_and_queued(engine: Engine) -> None:
