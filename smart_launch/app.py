@@ -73,6 +73,9 @@ def create_app(config: ViewConfig, engine: Engine | None = None) -> Flask:
     app.config["RA_CONFIG"] = config
     app.config["RA_RULES"] = rules
     app.config["RA_ENGINE"] = engine
+    app.config["RA_QUEUE_CACHE"] = queue.QueueCache[
+        tuple[list[queue.Lane], list[tuple[str, str, int]]]
+    ](config.queue_cache_seconds)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.jinja_env.autoescape = True
     app.jinja_env.globals.update(
@@ -364,9 +367,18 @@ def _routes(app: Flask) -> None:
         filters = _filters()
         now = datetime.now(UTC)
         window = review_window(now, _rules())
+
+        def compute() -> tuple[list[queue.Lane], list[tuple[str, str, int]]]:
+            with Session(_engine()) as session:
+                return (
+                    queue.lanes(session, filters, now, window, _config().queue_page_size),
+                    queue.source_names(session, filters.patient, filters.source),
+                )
+
+        cache: queue.QueueCache[tuple[list[queue.Lane], list[tuple[str, str, int]]]]
+        cache = current_app.config["RA_QUEUE_CACHE"]
+        found, sources = cache.get((filters, window.since), compute)
         with Session(_engine()) as session, session.begin():
-            found = queue.lanes(session, filters, now, window, _config().queue_page_size)
-            sources = queue.source_names(session, filters.patient, filters.source)
             shown = sorted({i.patient for lane in found for i in lane.items if i.patient})
             actions.audit(
                 session,
@@ -476,6 +488,7 @@ def _routes(app: Flask) -> None:
         except ConfigError as error:
             browser().flash(f"Not recorded: {error}")
             return redirect(url_for("referral", rid=rid))
+        current_app.config["RA_QUEUE_CACHE"].clear()  # the queue shows the action at once
         browser().flash(done)
         return redirect(url_for("referral", rid=rid))
 

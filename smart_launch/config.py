@@ -12,6 +12,7 @@ issuers:                         # only these EHRs may launch the view
     private_key: /etc/referral-adapter/smart-key.pem   # confidential client (private_key_jwt)
     key_id: key-1                                      # leave both out for a public client
 session_hours: 8
+queue_cache_seconds: 5           # the queue's lanes shared between requests; 0: never
 ```
 
 `base_url` is the view's own address as the browser sees it (the redirect URI is
@@ -78,6 +79,8 @@ class ViewConfig:
     http_timeout_s: float = 10.0
     refresh_margin_s: float = 60.0
     queue_page_size: int = 25
+    # How long the queue's lanes are shared between requests (actions clear them at once).
+    queue_cache_seconds: float = 5.0
 
     def issuer(self, iss: str) -> Issuer | None:
         wanted = iss.rstrip("/")
@@ -140,6 +143,7 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
         "issuers",
         "session_hours",
         "secure_cookies",
+        "queue_cache_seconds",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -177,4 +181,11 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
         issuers=tuple(_issuer(e, f"issuers[{n}]") for n, e in enumerate(issuers)),
         session_hours=float(data.get("session_hours") or 8.0),
         secure_cookies=bool(data.get("secure_cookies", True)),
+        queue_cache_seconds=_seconds(data.get("queue_cache_seconds", 5.0)),
     )
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError("queue_cache_seconds: a number of seconds, 0 or more")
+    return float(value)

@@ -8,10 +8,12 @@ for that page only, so the queue costs the same with 500 referrals or 50,000.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
@@ -33,6 +35,7 @@ __all__ = [
     "BANDS",
     "Filters",
     "Lane",
+    "QueueCache",
     "QueueItem",
     "ReferralView",
     "display_name",
@@ -104,6 +107,45 @@ class Lane:
     total: int
     items: list[QueueItem] = field(default_factory=list)
     hint: str = ""
+
+
+T = TypeVar("T")
+
+
+class QueueCache(Generic[T]):
+    """The queue's lanes, kept for a few seconds per (filters, review window): coordinators
+    opening the queue at the same time share one computation. Every action taken in the view
+    clears it, so a person sees what they just did at once; changes from a sync show within
+    `seconds`. With `seconds` 0 nothing is kept."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._entries: dict[Hashable, tuple[float, T]] = {}
+        self._generation = 0
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        if self.seconds <= 0:
+            return compute()
+        now = time.monotonic()
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None and found[0] > now:
+                return found[1]
+            generation = self._generation
+        value = compute()
+        with self._lock:
+            # Not kept if an action cleared the cache while this was computed.
+            if generation == self._generation:
+                if len(self._entries) > 256:
+                    self._entries.clear()
+                self._entries[key] = (now + self.seconds, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._generation += 1
 
 
 def _conditions(filters: Filters, now: datetime) -> list[ColumnElement[bool]]:

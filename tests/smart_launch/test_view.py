@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from adapter.errors import ConfigError
 from adapter.store_models import (
     AuditEvent,
     ContactAttemptRow,
@@ -23,7 +26,7 @@ from adapter.store_models import (
     WebSession,
 )
 from fhir_profiles import terminology
-from smart_launch import queue
+from smart_launch import load_config, queue
 from tests.smart_launch.conftest import HOSTILE, NOW, csrf_of, signed_in, view
 
 LANE = re.compile(r'<h2 id="lane-([a-z-]+)">[^<]*<span class="count">(\d+)</span>')
@@ -349,3 +352,42 @@ def test_sessions_expire(engine: Engine) -> None:
         row.expires_at = NOW - timedelta(minutes=1)
         session.commit()
     assert client.get("/queue").status_code == 302
+
+
+def test_the_queue_is_shared_for_seconds_and_an_action_shows_at_once(engine: Engine) -> None:
+    client = signed_in(view(engine))
+    before = client.get("/queue?segment=ready-to-schedule").text
+    ready = CARD.findall(before)
+    assert ready
+    first = ready[0]
+    # A sync closes the first ready referral: within the cache's seconds the queue is the
+    # one just computed (shared by everyone opening it)...
+    with Session(engine) as session, session.begin():
+        row = session.get(Referral, f"ServiceRequest/{first}")
+        assert row is not None
+        row.state = "closed"
+    assert CARD.findall(client.get("/queue?segment=ready-to-schedule").text) == ready
+    # ...and an action taken in the view clears it: the queue is read afresh.
+    other = ready[1] if len(ready) > 1 else first
+    page = client.get(f"/referrals/{other}")
+    answer = client.post(f"/referrals/{other}/review", data={"csrf_token": csrf_of(page.text)})
+    assert answer.status_code == 302
+    assert first not in CARD.findall(client.get("/queue?segment=ready-to-schedule").text)
+
+
+def test_without_the_queue_cache_every_request_reads_the_store(engine: Engine) -> None:
+    client = signed_in(view(engine, queue_cache_seconds=0))
+    ready = CARD.findall(client.get("/queue?segment=ready-to-schedule").text)
+    with Session(engine) as session, session.begin():
+        row = session.get(Referral, f"ServiceRequest/{ready[0]}")
+        assert row is not None
+        row.state = "closed"
+    assert ready[0] not in CARD.findall(client.get("/queue?segment=ready-to-schedule").text)
+
+
+@pytest.mark.parametrize("seconds", [-1, "soon", True])
+def test_the_queue_cache_takes_seconds_only(seconds: object, tmp_path: Path) -> None:
+    config = tmp_path / "view.yaml"
+    config.write_text(yaml.safe_dump({"secret_key": "k", "queue_cache_seconds": seconds}))
+    with pytest.raises(ConfigError, match="queue_cache_seconds"):
+        load_config(config, environ={})
