@@ -80,6 +80,7 @@ class StoredResource(Base):
     """The latest version seen of one FHIR resource, or its tombstone once deleted."""
 
     __tablename__ = "resource"
+    __table_args__ = (Index("ix_resource_type_updated", "resource_type", "last_updated"),)
 
     resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
