@@ -7,8 +7,10 @@ import base64
 import hashlib
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from smart_launch.config import Issuer
 from smart_launch.smart import (
@@ -17,6 +19,7 @@ from smart_launch.smart import (
     SmartConfiguration,
     _parse,
     authorize_url,
+    exchange_code,
     new_pkce,
     new_state,
 )
@@ -122,3 +125,45 @@ def test_the_token_response_says_what_was_granted() -> None:
         _parse({"access_token": "A", "token_type": "bearer", "_started": 0})
     with pytest.raises(LaunchError, match="bearer"):
         _parse({"access_token": "A", "token_type": "mac", "scope": "x", "_started": 0})
+
+
+def _exchange_with(issuer: Issuer) -> dict[str, list[str]]:
+    """The form a code exchange posts to the token endpoint, for `issuer`'s client."""
+    sent: dict[str, list[str]] = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.update(parse_qs(request.content.decode()))
+        return httpx.Response(
+            200, json={"access_token": "A", "token_type": "Bearer", "scope": "launch"}
+        )
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        found = exchange_code(
+            http, CONFIG, issuer, code="C", verifier="V", redirect_uri="https://app/cb"
+        )
+    assert found.access_token == "A"
+    return sent
+
+
+def test_a_public_client_names_itself_and_a_confidential_one_signs_an_assertion() -> None:
+    public = _exchange_with(Issuer(iss="https://ehr.example/fhir", client_id="view"))
+    assert public["client_id"] == ["view"]
+    assert "client_assertion" not in public
+    assert public["code_verifier"] == ["V"]
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    confidential = _exchange_with(
+        Issuer(iss="https://ehr.example/fhir", client_id="view", private_key=key, key_id="k1")
+    )
+    assert "client_id" not in confidential
+    [assertion] = confidential["client_assertion"]
+    header = jwt.get_unverified_header(assertion)
+    assert (header["alg"], header["kid"]) == ("RS384", "k1")
+    claims = jwt.decode(
+        assertion,
+        key.public_key(),
+        algorithms=["RS384"],
+        audience="https://ehr.example/token",
+    )
+    assert claims["iss"] == claims["sub"] == "view"
+    assert confidential["code_verifier"] == ["V"]
