@@ -42,6 +42,7 @@ __all__ = [
     "PlanSummary",
     "details_from_index",
     "details_from_store",
+    "follow_up_note",
     "latest_notes",
     "owners",
     "plan_evaluations",
@@ -199,16 +200,21 @@ def latest_notes(session: Session, keys: Sequence[str]) -> dict[str, FollowUpNot
             .group_by(NoteRow.referral_key)
         )
         for row in session.execute(select(NoteRow).where(NoteRow.id.in_(newest))).scalars():
-            found[row.referral_key] = FollowUpNote(
-                written_at=row.written_at,
-                author=Owner(row.author_reference, row.author_display),
-                contacted=row.contacted,
-                requested=row.requested,
-                response=row.response,
-                still_missing=tuple(row.still_missing),
-                next_attempt_due=row.next_attempt_due,
-            )
+            found[row.referral_key] = follow_up_note(row)
     return found
+
+
+def follow_up_note(row: NoteRow) -> FollowUpNote:
+    """A stored note for the next person, as the Task carries it (and the view shows it)."""
+    return FollowUpNote(
+        written_at=row.written_at,
+        author=Owner(row.author_reference, row.author_display),
+        contacted=row.contacted,
+        requested=row.requested,
+        response=row.response,
+        still_missing=tuple(row.still_missing),
+        next_attempt_due=row.next_attempt_due,
+    )
 
 
 def reviews(session: Session, keys: Sequence[str]) -> dict[str, tuple[datetime, str | None]]:

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from adapter.planning import follow_up_note
 from adapter.store_models import (
     ContactAttemptRow,
     NoteRow,
@@ -274,7 +275,7 @@ def _items(session: Session, referrals: Sequence[Referral]) -> dict[str, QueueIt
         .group_by(NoteRow.referral_key)
     )
     notes = {
-        row.referral_key: _note_text(row)
+        row.referral_key: follow_up_note(row).text()
         for row in session.execute(select(NoteRow).where(NoteRow.id.in_(newest))).scalars()
     }
     reviewed = set(
@@ -299,21 +300,6 @@ def _items(session: Session, referrals: Sequence[Referral]) -> dict[str, QueueIt
             reviewed=referral.key in reviewed,
         )
     return found
-
-
-def _note_text(row: NoteRow) -> str:
-    parts = []
-    if row.contacted:
-        parts.append(f"Contacted: {row.contacted}.")
-    if row.requested:
-        parts.append(f"Requested: {row.requested}.")
-    if row.response:
-        parts.append(f"They said: {row.response}.")
-    if row.still_missing:
-        parts.append(f"Still missing: {', '.join(row.still_missing)}.")
-    if row.next_attempt_due:
-        parts.append(f"Next attempt due {row.next_attempt_due.strftime('%Y-%m-%d %H:%M')} UTC.")
-    return " ".join(parts)
 
 
 def _patients(session: Session, keys: set[str]) -> dict[str, tuple[str | None, str | None]]:
