@@ -115,14 +115,17 @@ T = TypeVar("T")
 
 class QueueCache(Generic[T]):
     """The queue's lanes, kept for a few seconds per (filters, review window): coordinators
-    opening the queue at the same time share one computation. Every action taken in the view
-    clears it, so a person sees what they just did at once; changes from a sync show within
-    `seconds`. With `seconds` 0 nothing is kept."""
+    opening the queue at the same time share one computation. When an entry is due, one
+    request computes it afresh while the others are served the entry it replaces (no crowd of
+    identical computations at the moment it expires). Every action taken in the view clears
+    the cache, so a person sees what they just did at once; changes from a sync show within
+    about `seconds`. With `seconds` 0 nothing is kept."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._lock = threading.Lock()
         self._entries: dict[Hashable, tuple[float, T]] = {}
+        self._refreshing: set[Hashable] = set()
         self._generation = 0
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
@@ -131,10 +134,15 @@ class QueueCache(Generic[T]):
         now = time.monotonic()
         with self._lock:
             found = self._entries.get(key)
-            if found is not None and found[0] > now:
+            if found is not None and (found[0] > now or key in self._refreshing):
                 return found[1]
+            self._refreshing.add(key)
             generation = self._generation
-        value = compute()
+        try:
+            value = compute()
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
         with self._lock:
             # Not kept if an action cleared the cache while this was computed.
             if generation == self._generation:
