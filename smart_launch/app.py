@@ -73,16 +73,14 @@ def create_app(config: ViewConfig, engine: Engine | None = None) -> Flask:
     app.config["RA_CONFIG"] = config
     app.config["RA_RULES"] = rules
     app.config["RA_ENGINE"] = engine
-    app.config["RA_QUEUE_CACHE"] = queue.QueueCache[
-        tuple[list[queue.Lane], list[tuple[str, str, int]]]
-    ](config.queue_cache_seconds)
+    app.config["RA_QUEUE_CACHE"] = queue.QueueCache[queue.QueuePage](config.queue_cache_seconds)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.jinja_env.autoescape = True
     app.jinja_env.globals.update(
         terms=terminology(),
         csrf=lambda: browser().csrf_token,
         # The referral review covers the whole practice: not offered in a patient's launch.
-        practice_wide=lambda: not isinstance(browser().data.get("patient"), str),
+        practice_wide=_practice_wide,
         demo=config.demo,
     )
     zone = rules.business_hours.zone
@@ -149,6 +147,11 @@ def _refused(status: int, title: str, message: str) -> tuple[str, int]:
 
 def _signed_in() -> bool:
     return browser().user is not None
+
+
+def _practice_wide() -> bool:
+    """A user-level session (no patient in its launch context)."""
+    return not isinstance(browser().data.get("patient"), str)
 
 
 def _keep_tokens_fresh() -> None:
@@ -368,15 +371,14 @@ def _routes(app: Flask) -> None:
         now = datetime.now(UTC)
         window = review_window(now, _rules())
 
-        def compute() -> tuple[list[queue.Lane], list[tuple[str, str, int]]]:
+        def compute() -> queue.QueuePage:
             with Session(_engine()) as session:
                 return (
                     queue.lanes(session, filters, now, window, _config().queue_page_size),
                     queue.source_names(session, filters.patient, filters.source),
                 )
 
-        cache: queue.QueueCache[tuple[list[queue.Lane], list[tuple[str, str, int]]]]
-        cache = current_app.config["RA_QUEUE_CACHE"]
+        cache: queue.QueueCache[queue.QueuePage] = current_app.config["RA_QUEUE_CACHE"]
         found, sources = cache.get((filters, window.since), compute)
         with Session(_engine()) as session, session.begin():
             shown = sorted({i.patient for lane in found for i in lane.items if i.patient})
@@ -411,7 +413,7 @@ def _routes(app: Flask) -> None:
 
         if not _signed_in():
             return redirect(url_for("home"))
-        if isinstance(browser().data.get("patient"), str):
+        if not _practice_wide():
             return _refused(
                 403, "Not allowed", "The referral review covers the whole practice, not a patient."
             )

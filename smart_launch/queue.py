@@ -38,6 +38,7 @@ __all__ = [
     "Lane",
     "QueueCache",
     "QueueItem",
+    "QueuePage",
     "ReferralView",
     "display_name",
     "lanes",
@@ -111,6 +112,8 @@ class Lane:
 
 
 T = TypeVar("T")
+# What the queue page shows that the cache keeps: its lanes and the source filter's choices.
+QueuePage = tuple[list[Lane], list[tuple[str, str, int]]]
 
 
 class QueueCache(Generic[T]):
