@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -37,11 +36,11 @@ from fhir_profiles import terminology
 from mappings.business_hours import add_business_hours
 from mappings.referral import Evaluator
 from mappings.rules import PracticeRules
+from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, artifacts_folder
 
 END = datetime(2026, 11, 30, tzinfo=UTC)  # a Monday: 2026-W48 ends here
 DAY = timedelta(days=1)
 REFERRALS, SEED = 120, 11
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -457,24 +456,6 @@ def test_report_command_refuses_bad_periods(capsys: pytest.CaptureFixture[str]) 
     assert "must end after" in capsys.readouterr().err
 
 
-def _artifacts() -> Path:
-    where = Path(os.environ.get("REFERRAL_ADAPTER_ARTIFACTS") or ROOT / "test-artifacts")
-    where.mkdir(parents=True, exist_ok=True)
-    return where
-
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 def test_html_report_renders_in_chromium_without_console_errors(
     history: History, tmp_path: Path
 ) -> None:
@@ -487,14 +468,12 @@ def test_html_report_renders_in_chromium_without_console_errors(
             report = compute_report(session, Period.week("2026-W48"), rules)
     finally:
         engine.dispose()
-    page_file = _artifacts() / "report-2026-W48.html"
+    page_file = artifacts_folder() / "report-2026-W48.html"
     page_file.write_text(render_html(report), encoding="utf-8")
     problems: list[str] = []
     requests: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on(
@@ -509,7 +488,7 @@ def test_html_report_renders_in_chromium_without_console_errors(
             # The heatmap has a cell per segment and band.
             cells = page.locator("svg").nth(0).locator("rect").count()
             assert cells == len(report.segments) * len(report.bands)
-            shot = _artifacts() / "report-2026-W48.png"
+            shot = artifacts_folder() / "report-2026-W48.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()

@@ -14,7 +14,6 @@ install (scripts/browser-tools installs them).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -54,12 +53,12 @@ from tests.browser.harness import (
     ClientKey,
     LateApp,
     ViewServer,
+    artifacts_folder,
 )
 from tests.sekmet.server import SekmetServer, SekmetStartError
 from tests.smart_ehr.launcher import HERE as SMART_EHR_DIR
 from tests.smart_ehr.launcher import SmartEhr, SmartEhrStartError
 
-REPO = Path(__file__).resolve().parents[2]
 HOSTILE = "<img src=x onerror=alert(1)>"
 CLIENT_ID = "referral-view"
 SECRET_KEY = "browser-test-secret"
@@ -104,10 +103,7 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
-    """Where screenshots go: $REFERRAL_ADAPTER_ARTIFACTS, else test-artifacts/ at the root."""
-    folder = Path(os.environ.get("REFERRAL_ADAPTER_ARTIFACTS") or REPO / "test-artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return artifacts_folder()
 
 
 @pytest.fixture(scope="session")

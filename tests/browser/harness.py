@@ -9,6 +9,7 @@ http://localhost, where the view runs in these tests.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,16 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def artifacts_folder() -> Path:
+    """Where screenshots and rendered pages go: $REFERRAL_ADAPTER_ARTIFACTS, else
+    test-artifacts/ at the repository's root."""
+    root = Path(__file__).resolve().parents[2]
+    folder = Path(os.environ.get("REFERRAL_ADAPTER_ARTIFACTS") or root / "test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
