@@ -34,7 +34,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 SERVER_SCRIPT = HERE / "server.mjs"
-START_TIMEOUT_S = 60.0  # node starts in about a second; a busy 2-core CI machine is slower
+START_TIMEOUT_S = 30.0  # node starts in about a second; a hung start is tried again
 STOP_TIMEOUT_S = 10.0
 NPM_CI_TIMEOUT_S = 300.0
 
@@ -152,8 +152,10 @@ class SmartEhr:
             try:
                 return self._start_once(node)
             except SmartEhrStartError as error:
-                # Another process may take the free port between probe and bind: try another.
-                if attempt == attempts or "eaddrinuse" not in str(error).lower():
+                # Another process may take the free port between probe and bind, or a start
+                # may hang (seen once in many runs, cause unknown): try again on another port.
+                retry = ("eaddrinuse", "did not answer within")
+                if attempt == attempts or not any(r in str(error).lower() for r in retry):
                     raise
         raise AssertionError("unreachable")
 
