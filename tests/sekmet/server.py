@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
+from tests.server_process import HUNG, free_port, launch, stop, wait_until_up, with_retries
 
 START_TIMEOUT_S = 30.0  # it starts in about a second; a hung start is tried again
 STOP_TIMEOUT_S = 15.0
@@ -38,13 +36,6 @@ def sekmet_executable() -> Path:
     return Path(sys.executable).with_name("sekmet")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def settings_for(state_dir: Path, port: int) -> dict[str, object]:
     data_dir = state_dir / "data"
     return {
@@ -58,13 +49,6 @@ def settings_for(state_dir: Path, port: int) -> dict[str, object]:
         "server_auth": {"types": ["none"]},
         "validation": {"inbound": "strict"},
     }
-
-
-def log_tail(log_file: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class SekmetServer:
@@ -87,16 +71,12 @@ class SekmetServer:
                 f"`{sys.executable} -m pip install sekmet-fhir`"
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._start_once(executable)
-            except SekmetStartError as error:
-                # Another process may take the free port between probe and bind, or a start
-                # may hang (seen once in many runs, cause unknown): try again on another port.
-                retry = ("address already in use", "did not answer within")
-                if attempt == attempts or not any(r in str(error).lower() for r in retry):
-                    raise
-        raise AssertionError("unreachable")
+        return with_retries(
+            lambda: self._start_once(executable),
+            SekmetStartError,
+            ("address already in use", HUNG),
+            attempts,
+        )
 
     def _start_once(self, executable: Path) -> str:
         port = free_port()
@@ -104,50 +84,33 @@ class SekmetServer:
         self.settings_file.write_text(json.dumps(settings_for(self.state_dir, port), indent=2))
         env = {k: v for k, v in os.environ.items() if k not in OVERRIDES}
         env["_TYPER_STANDARD_TRACEBACK"] = "1"  # plain tracebacks in the log, no boxes
-        started_at = time.monotonic()
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(executable), "serve", "--config", str(self.settings_file)],
-                cwd=self.state_dir,  # sekmet resolves relative paths (keys/, data/) from here
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        base_url = f"http://127.0.0.1:{port}/fhir"
-        while time.monotonic() - started_at < START_TIMEOUT_S:
-            if self.process.poll() is not None:
-                self.process = None
-                raise SekmetStartError(
-                    f"sekmet exited during start-up; last lines of {self.log_file}:\n"
-                    + log_tail(self.log_file)
-                )
-            try:
-                if httpx.get(f"{base_url}/metadata", timeout=5).status_code == 200:
-                    self.base_url = base_url
-                    self.started_in_s = time.monotonic() - started_at
-                    return base_url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise SekmetStartError(
-            f"{base_url}/metadata did not answer within {START_TIMEOUT_S:.0f} s; "
-            f"last lines of {self.log_file}:\n" + log_tail(self.log_file)
+        self.process = launch(
+            [str(executable), "serve", "--config", str(self.settings_file)],
+            cwd=self.state_dir,  # sekmet resolves relative paths (keys/, data/) from here
+            env=env,
+            log_file=self.log_file,
         )
+        base_url = f"http://127.0.0.1:{port}/fhir"
+        try:
+            self.started_in_s = wait_until_up(
+                self.process,
+                f"{base_url}/metadata",
+                name="sekmet",
+                log_file=self.log_file,
+                timeout_s=START_TIMEOUT_S,
+                stop_timeout_s=STOP_TIMEOUT_S,
+                error=SekmetStartError,
+            )
+        except SekmetStartError:
+            self.process = None
+            raise
+        self.base_url = base_url
+        return base_url
 
     def stop(self) -> None:
         """SIGTERM (uvicorn shuts down cleanly), SIGKILL if it has not exited in time."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        stop(process, STOP_TIMEOUT_S)
 
 
 def _main(argv: list[str]) -> int:

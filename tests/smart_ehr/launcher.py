@@ -23,14 +23,21 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from tests.server_process import (
+    HUNG,
+    free_port,
+    launch,
+    log_tail,
+    stop,
+    wait_until_up,
+    with_retries,
+)
 
 HERE = Path(__file__).resolve().parent
 SERVER_SCRIPT = HERE / "server.mjs"
@@ -41,20 +48,6 @@ NPM_CI_TIMEOUT_S = 300.0
 
 class SmartEhrStartError(RuntimeError):
     """The server did not come up; the message carries the tail of its log."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def log_tail(log_file: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def node_modules_stale(project_dir: Path = HERE) -> bool:
@@ -148,65 +141,41 @@ class SmartEhr:
             raise SmartEhrStartError("node not found on PATH: install Node.js 20+")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ensure_node_modules(self.log_file)
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._start_once(node)
-            except SmartEhrStartError as error:
-                # Another process may take the free port between probe and bind, or a start
-                # may hang (seen once in many runs, cause unknown): try again on another port.
-                retry = ("eaddrinuse", "did not answer within")
-                if attempt == attempts or not any(r in str(error).lower() for r in retry):
-                    raise
-        raise AssertionError("unreachable")
+        return with_retries(
+            lambda: self._start_once(node), SmartEhrStartError, ("eaddrinuse", HUNG), attempts
+        )
 
     def _start_once(self, node: str) -> str:
         port = free_port()
         self.config_file.write_text(json.dumps({**self.config, "port": port}, indent=2))
-        started_at = time.monotonic()
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [node, str(SERVER_SCRIPT), str(self.config_file)],
-                cwd=HERE,  # resolves `oidc-provider` from node_modules beside server.mjs
-                env={**os.environ, "NODE_ENV": "test"},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        base_url = f"http://127.0.0.1:{port}"
-        while time.monotonic() - started_at < START_TIMEOUT_S:
-            if self.process.poll() is not None:
-                self.process = None
-                raise SmartEhrStartError(
-                    f"smart-ehr exited during start-up; last lines of {self.log_file}:\n"
-                    + log_tail(self.log_file)
-                )
-            try:
-                if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
-                    self.port = port
-                    self.base_url = base_url
-                    self.started_in_s = time.monotonic() - started_at
-                    return base_url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise SmartEhrStartError(
-            f"{base_url}/health did not answer within {START_TIMEOUT_S:.0f} s; "
-            f"last lines of {self.log_file}:\n" + log_tail(self.log_file)
+        self.process = launch(
+            [node, str(SERVER_SCRIPT), str(self.config_file)],
+            cwd=HERE,  # resolves `oidc-provider` from node_modules beside server.mjs
+            env={**os.environ, "NODE_ENV": "test"},
+            log_file=self.log_file,
         )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            self.started_in_s = wait_until_up(
+                self.process,
+                f"{base_url}/health",
+                name="smart-ehr",
+                log_file=self.log_file,
+                timeout_s=START_TIMEOUT_S,
+                stop_timeout_s=STOP_TIMEOUT_S,
+                error=SmartEhrStartError,
+            )
+        except SmartEhrStartError:
+            self.process = None
+            raise
+        self.port = port
+        self.base_url = base_url
+        return base_url
 
     def stop(self) -> None:
         """SIGTERM (the server closes its listener), SIGKILL if it has not exited in time."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        stop(process, STOP_TIMEOUT_S)
 
     def __enter__(self) -> SmartEhr:
         self.start()
