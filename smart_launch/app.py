@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 from flask import Flask, abort, current_app, g, redirect, render_template, request, url_for
+from markupsafe import Markup
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
@@ -373,31 +374,29 @@ def _routes(app: Flask) -> None:
 
         def compute() -> queue.QueuePage:
             with Session(_engine()) as session:
-                return (
-                    queue.lanes(session, filters, now, window, _config().queue_page_size),
-                    queue.source_names(session, filters.patient, filters.source),
-                )
+                found = queue.lanes(session, filters, now, window, _config().queue_page_size)
+                sources = queue.source_names(session, filters.patient, filters.source)
+            html = render_template("_lanes.html", lanes=found, filters=filters)
+            return queue.QueuePage(found, sources, html)
 
         cache: queue.QueueCache[queue.QueuePage] = current_app.config["RA_QUEUE_CACHE"]
-        found, sources = cache.get((filters, window.since), compute)
+        page = cache.get((filters, window.since), compute)
         with Session(_engine()) as session, session.begin():
-            shown = sorted({i.patient for lane in found for i in lane.items if i.patient})
             actions.audit(
                 session,
                 _actor().id,
                 "queue-view",
                 patient=filters.patient,
-                detail={"patients": shown, "filters": filters.query()},
+                detail={"patients": page.patients, "filters": filters.query()},
                 now=now,
             )
         return render_template(
             "queue.html",
-            lanes=found,
+            lanes_html=Markup(page.lanes_html),  # rendered with autoescaping by compute()
             filters=filters,
-            sources=sources,
+            sources=page.sources,
             source_limit=queue.SOURCE_CHOICES,
             window=window,
-            now=now,
             bands=queue.BANDS,
             user=browser().user,
             patient=filters.patient,

@@ -112,21 +112,37 @@ class Lane:
 
 
 T = TypeVar("T")
-# What the queue page shows that the cache keeps: its lanes and the source filter's choices.
-QueuePage = tuple[list[Lane], list[tuple[str, str, int]]]
+
+
+@dataclass(frozen=True)
+class QueuePage:
+    """What the queue page shows that the cache keeps: its lanes, the source filter's choices,
+    and the lanes rendered once as HTML (the same for everyone who asks with these filters: the
+    cards carry nothing of the person looking), so a cached request renders only the page
+    around them."""
+
+    lanes: list[Lane]
+    sources: list[tuple[str, str, int]]
+    lanes_html: str
+
+    @property
+    def patients(self) -> list[str]:
+        """The patients whose referrals the page shows (for the audit of who saw what)."""
+        return sorted({i.patient for lane in self.lanes for i in lane.items if i.patient})
 
 
 class QueueCache(Generic[T]):
     """The queue's lanes, kept for a few seconds per (filters, review window): coordinators
     opening the queue at the same time share one computation. When an entry is due, one
     request computes it afresh while the others are served the entry it replaces (no crowd of
-    identical computations at the moment it expires). Every action taken in the view clears
-    the cache, so a person sees what they just did at once; changes from a sync show within
-    about `seconds`. With `seconds` 0 nothing is kept."""
+    identical computations at the moment it expires); when there is no entry yet, the others
+    wait for that one computation instead of each running it. Every action taken in the view
+    clears the cache, so a person sees what they just did at once; changes from a sync show
+    within about `seconds`. With `seconds` 0 nothing is kept."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._entries: dict[Hashable, tuple[float, T]] = {}
         self._refreshing: set[Hashable] = set()
         self._generation = 0
@@ -134,24 +150,34 @@ class QueueCache(Generic[T]):
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
         if self.seconds <= 0:
             return compute()
-        now = time.monotonic()
         with self._lock:
-            found = self._entries.get(key)
-            if found is not None and (found[0] > now or key in self._refreshing):
-                return found[1]
+            while True:
+                now = time.monotonic()
+                found = self._entries.get(key)
+                if found is not None and (found[0] > now or key in self._refreshing):
+                    return found[1]
+                if key not in self._refreshing:
+                    break
+                # Nothing to serve yet and another request is computing it: wait for that
+                # (then look again: it may have failed, or been overtaken by an action).
+                self._lock.wait(timeout=60)
             self._refreshing.add(key)
             generation = self._generation
         try:
             value = compute()
-        finally:
+        except BaseException:
             with self._lock:
                 self._refreshing.discard(key)
+                self._lock.notify_all()
+            raise
         with self._lock:
+            self._refreshing.discard(key)
             # Not kept if an action cleared the cache while this was computed.
             if generation == self._generation:
                 if len(self._entries) > 256:
                     self._entries.clear()
                 self._entries[key] = (now + self.seconds, value)
+            self._lock.notify_all()
         return value
 
     def clear(self) -> None:

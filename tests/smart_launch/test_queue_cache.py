@@ -64,3 +64,57 @@ def test_nothing_is_kept_with_zero_seconds() -> None:
     for _ in range(3):
         cache.get("k", lambda: calls.append(1) or len(calls))
     assert len(calls) == 3
+
+
+def test_with_nothing_kept_yet_the_others_wait_for_the_one_computation() -> None:
+    cache: QueueCache[str] = QueueCache(60)
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+    results: list[str] = []
+
+    def slow() -> str:
+        calls.append(1)
+        started.set()
+        release.wait(10)
+        return "computed once"
+
+    first = threading.Thread(target=lambda: results.append(cache.get("k", slow)))
+    first.start()
+    assert started.wait(10)
+    waiters = [
+        threading.Thread(target=lambda: results.append(cache.get("k", slow))) for _ in range(4)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    release.set()
+    for thread in [first, *waiters]:
+        thread.join(10)
+    assert results == ["computed once"] * 5
+    assert len(calls) == 1
+
+
+def test_when_the_one_computation_fails_a_waiter_computes_it() -> None:
+    cache: QueueCache[str] = QueueCache(60)
+    started, release = threading.Event(), threading.Event()
+    outcomes: list[str] = []
+
+    def failing() -> str:
+        started.set()
+        release.wait(10)
+        raise RuntimeError("the store went away")
+
+    def first() -> None:
+        try:
+            cache.get("k", failing)
+        except RuntimeError:
+            outcomes.append("failed")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert started.wait(10)
+    waiter = threading.Thread(target=lambda: outcomes.append(cache.get("k", lambda: "retried")))
+    waiter.start()
+    release.set()
+    thread.join(10)
+    waiter.join(10)
+    assert sorted(outcomes) == ["failed", "retried"]

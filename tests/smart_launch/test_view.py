@@ -8,9 +8,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from flask import template_rendered
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -391,3 +393,37 @@ def test_the_queue_cache_takes_seconds_only(seconds: object, tmp_path: Path) -> 
     config.write_text(yaml.safe_dump({"secret_key": "k", "queue_cache_seconds": seconds}))
     with pytest.raises(ConfigError, match="queue_cache_seconds"):
         load_config(config, environ={})
+
+
+def test_people_share_the_rendered_lanes_but_not_their_header_token_or_audit(
+    engine: Engine,
+) -> None:
+    app = view(engine)
+    rendered: list[str] = []
+
+    def note(sender: object, template: Any, context: object, **extra: object) -> None:
+        rendered.append(template.name)
+
+    sam, dana = signed_in(app, "sam"), signed_in(app, "dana")
+    with template_rendered.connected_to(note, app):
+        first = sam.get("/queue").text
+        second = dana.get("/queue").text
+    # The lanes were rendered once, for the first request; the second page reused them.
+    assert rendered.count("_lanes.html") == 1
+    assert rendered.count("queue.html") == 2
+    assert CARD.findall(first) == CARD.findall(second) != []
+    # Around the shared lanes each page is its own person's: their name, their form token.
+    assert "Sam Park" in first
+    assert "Dana Ortiz" not in first
+    assert "Dana Ortiz" in second
+    assert "Sam Park" not in second
+    assert csrf_of(first) != csrf_of(second)
+    with Session(engine) as session:
+        actors = session.execute(
+            select(AuditEvent.actor).where(AuditEvent.action == "queue-view")
+        ).scalars()
+        assert sorted(actors) == ["Dana Ortiz (scheduler)", "Practitioner/prac-coord-sam-park"]
+    # Other filters are another page, rendered for themselves.
+    with template_rendered.connected_to(note, app):
+        sam.get("/queue?segment=ready-to-schedule")
+    assert rendered.count("_lanes.html") == 2
