@@ -3,6 +3,12 @@
 Each rule reads like the workflow it implements and returns its reasons, so a coordinator (and a
 test) can see why a referral landed where it did. Nothing here reads the clock: `as_of` is
 passed in.
+
+Every comparison with `as_of` also notes the instant at which its outcome would change (a
+Coverage starting, a message leaving the patient-active window, a due time passing, the next
+whole day of age). `evaluate_until` returns the earliest of them: the evaluation stays the same
+for every later `as_of` before that instant (given the same facts), so a sync need not evaluate
+a referral again until then unless its data changed.
 """
 
 from __future__ import annotations
@@ -78,7 +84,8 @@ class Evaluator:
         self._source_dates = self._authored_by_source()
         self._listed_sources = frozenset(rules.high_relationship.sources)
         self._calendar = Calendar.from_rules(rules.business_hours)
-        self._high: dict[str, list[Reason]] = {}  # by source: the same for all its referrals
+        self._high: dict[str, tuple[list[Reason], datetime | None]] = {}  # the same by source
+        self._until: datetime | None = None  # the earliest change noted in this evaluation
 
     @property
     def referrals(self) -> list[ReferralFacts]:
@@ -87,6 +94,14 @@ class Evaluator:
 
     def __iter__(self) -> Iterator[ReferralEvaluation]:
         return (self.evaluate(referral) for referral in self._referrals)
+
+    def _changes_at(self, moment: datetime | None) -> None:
+        """Note an instant at which a comparison with `as_of` made in this evaluation would
+        come out otherwise (instants before `as_of` change nothing any more)."""
+        if moment is None or moment < self.as_of:
+            return
+        if self._until is None or moment < self._until:
+            self._until = moment
 
     # --- state -----------------------------------------------------------------------------
 
@@ -170,6 +185,10 @@ class Evaluator:
         if coverage.status != "active":
             status = coverage.status or "without a status"
             return f"{_name(coverage.key)} is {status}"
+        if coverage.start is not None:
+            self._changes_at(coverage.start)
+        if coverage.end is not None:
+            self._changes_at(coverage.end)
         if coverage.start is not None and coverage.start > self.as_of:
             return f"{_name(coverage.key)} starts {format_day(coverage.start)}"
         if coverage.end is not None and coverage.end < self.as_of:
@@ -195,6 +214,9 @@ class Evaluator:
         if not in_force:
             who = _name(subject) if subject else "the patient"
             detail = f"no active Coverage in force on {format_day(self.as_of)} for {who}"
+            # The detail names the day.
+            midnight = self.as_of.replace(hour=0, minute=0, second=0, microsecond=0)
+            self._changes_at(midnight + timedelta(days=1))
             if problems:
                 detail += f" ({'; '.join(problems)})"
             expression = (
@@ -259,6 +281,8 @@ class Evaluator:
                 )
             )
         horizon = self.as_of + timedelta(days=rules.occurrence_within_days)
+        if referral.occurrence is not None:
+            self._changes_at(referral.occurrence - timedelta(days=rules.occurrence_within_days))
         if referral.occurrence is not None and referral.occurrence <= horizon:
             reasons.append(
                 Reason(
@@ -304,6 +328,8 @@ class Evaluator:
                 )
             )
         for form in in_key_order(self.index.forms_by_referral.get(referral.key, ())):
+            if form.authored is not None:
+                self._in_window(form.authored)
             if (
                 form.status == "completed"
                 and subject in [self.index.resolve(a) for a in form.authors]
@@ -326,6 +352,7 @@ class Evaluator:
     ) -> bool:
         if message.status not in ACTIVE_MESSAGE or message.sent is None:
             return False
+        self._in_window(message.sent)
         if not start <= message.sent <= self.as_of:
             return False
         targets = [self.index.resolve(r) for r in message.refers_to]
@@ -333,6 +360,12 @@ class Evaluator:
             return True
         # A message about no referral at all counts for each of the patient's open referrals.
         return not any(self.index.is_referral_key(t) for t in targets)
+
+    def _in_window(self, moment: datetime) -> None:
+        """A patient signal enters the patient-active window when it happens and leaves it
+        `window_days` later."""
+        self._changes_at(moment)
+        self._changes_at(moment + timedelta(days=self.rules.patient_active.window_days))
 
     def source(self, referral: ReferralFacts) -> str | None:
         """The requester's Organization; a Practitioner, or a role without one, stands for
@@ -365,25 +398,34 @@ class Evaluator:
             return []
         if source not in self._high:
             self._high[source] = self._source_reasons(source)
-        return self._high[source]
+        reasons, until = self._high[source]
+        self._changes_at(until)
+        return reasons
 
-    def _source_reasons(self, source: str) -> list[Reason]:
+    def _source_reasons(self, source: str) -> tuple[list[Reason], datetime | None]:
+        """The source's reasons, and when its count in the window next changes (a referral
+        authored later entering it, or the oldest in it leaving)."""
         rules = self.rules.high_relationship
         # The practice lists a source by reference or by one of its identifiers (system|value).
         party = self.index.parties.get(source)
         identifiers = party.identifiers if party else ()
         names = {source, *(i.removeprefix("identifier:") for i in identifiers)}
         if names & self._listed_sources:
-            return [
-                Reason(
-                    segment=HIGH_RELATIONSHIP,
-                    because=f"{_name(source)} is on the practice's high-relationship list",
-                    expression="ServiceRequest.requester",
-                )
-            ]
+            listed = Reason(
+                segment=HIGH_RELATIONSHIP,
+                because=f"{_name(source)} is on the practice's high-relationship list",
+                expression="ServiceRequest.requester",
+            )
+            return [listed], None
         dates = self._source_dates.get(source, [])
-        start = self.as_of - timedelta(days=rules.window_days)
-        count = bisect.bisect_right(dates, self.as_of) - bisect.bisect_left(dates, start)
+        window = timedelta(days=rules.window_days)
+        start = self.as_of - window
+        end = bisect.bisect_right(dates, self.as_of)
+        first = bisect.bisect_left(dates, start)
+        count = end - first
+        changes = [dates[i] for i in (end,) if i < len(dates)]
+        changes += [dates[i] + window for i in (first,) if i < len(dates)]
+        until = min(changes, default=None)
         if count >= rules.min_referrals:
             return [
                 Reason(
@@ -392,16 +434,28 @@ class Evaluator:
                     f"{rules.window_days} days up to the evaluation date",
                     expression="ServiceRequest.requester",
                 )
-            ]
-        return []
+            ], until
+        return [], until
 
     # --- the whole evaluation ---------------------------------------------------------------
 
     def evaluate(self, referral: ReferralFacts) -> ReferralEvaluation:
+        return self.evaluate_until(referral)[0]
+
+    def evaluate_until(self, referral: ReferralFacts) -> tuple[ReferralEvaluation, datetime | None]:
+        """The evaluation, and the instant before which it stays the same for any later
+        `as_of` (None: it never changes with time alone)."""
+        self._until = None
+        evaluation = self._evaluate(referral)
+        return evaluation, self._until
+
+    def _evaluate(self, referral: ReferralFacts) -> ReferralEvaluation:
         state, state_reason = self.state(referral)
         source = self.source(referral)
         started = referral.authored or referral.last_updated
         age = max(0, whole_days(started, self.as_of)) if started else None
+        if started is not None and age is not None:
+            self._changes_at(started + timedelta(days=age + 1))  # a day older
         band = self.terms.band_for(age).code if age is not None else None
         patient = self.index.resolve(referral.subject)
         if state_reason is not None:  # scheduled or closed
@@ -465,6 +519,7 @@ class Evaluator:
             whom = "the patient" if item.request_from == "patient" else "the referring office"
             steps.append(f"Ask {whom} for {item.item}: {item.detail}")
         due = self._calendar.add(start, standard.follow_up_business_hours) if start else None
+        self._changes_at(due)
         return NextAction(
             segment=segment,
             action=standard.next_action,
