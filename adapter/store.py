@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -36,16 +36,30 @@ from sqlalchemy.orm import Session
 
 from adapter.store_models import (
     Base,
+    EvaluationMark,
+    PendingEvaluation,
     Quarantined,
     Referral,
     SegmentChange,
     StoredResource,
     SyncCursor,
 )
+from mappings.facts import (
+    RELEVANT_TYPES,
+    AppointmentFacts,
+    CoverageFacts,
+    FormFacts,
+    MessageFacts,
+    PatientFacts,
+    RecordFacts,
+    ReferralFacts,
+    extract,
+)
 from mappings.fhirtime import parse_instant
 from mappings.model import ReferralEvaluation
 
 __all__ = [
+    "EVERYTHING",
     "HEAD",
     "MIGRATIONS",
     "Base",
@@ -53,6 +67,9 @@ __all__ = [
     "SegmentChange",
     "StoredResource",
     "advance_cursor",
+    "clear_pending",
+    "evaluation_mark",
+    "evaluation_targets",
     "existing_keys",
     "get_cursor",
     "get_resource",
@@ -62,6 +79,8 @@ __all__ = [
     "list_quarantine",
     "make_engine",
     "mark_deleted",
+    "note_pending",
+    "pending",
     "put_resource",
     "put_resources",
     "quarantine",
@@ -69,6 +88,7 @@ __all__ = [
     "remove_referrals",
     "save_evaluation",
     "save_evaluations",
+    "set_evaluation_mark",
     "stored_evaluation",
     "stored_evaluations",
     "stored_keys",
@@ -136,7 +156,7 @@ def _json_text(value: Any) -> str:
 
 
 # The newest migration; a test keeps it equal to the head of adapter/migrations/versions.
-HEAD = "0005"
+HEAD = "0006"
 
 
 def upgrade(url: str | URL, revision: str = "head") -> None:
@@ -302,8 +322,151 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
         index_elements=["resource_type", "id"],
         set_={key: stmt.excluded[key] for key in columns},
         where=newer,
-    ).returning(old.id)
-    return len(session.execute(stmt, list(rows.values())).all())
+    ).returning(old.resource_type, old.id)
+    tracked = _tracking(session)
+    before = _stored_bodies(session, list(rows)) if tracked else {}
+    changed = session.execute(stmt, list(rows.values())).all()
+    if tracked and changed:
+        targets: set[str] = set()
+        for resource_type, resource_id in changed:
+            row = rows[(resource_type, resource_id)]
+            if resource_type in RELEVANT_TYPES:
+                targets.add(f"{resource_type}/{resource_id}")
+            if not row["deleted"]:
+                targets |= evaluation_targets(row["body"])
+            old_body = before.get((resource_type, resource_id))
+            if old_body is not None:  # what it touched before it changed (or was deleted)
+                targets |= evaluation_targets(old_body)
+        note_pending(session, targets)
+    return len(changed)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the next evaluation must look at again (see adapter.sync.evaluate_store)
+
+EVERYTHING = "*"
+MARK = "referrals"
+# A changed party can move a referral's source, and with it every referral of two sources.
+_EVERYTHING_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole"})
+
+
+def evaluation_targets(body: dict[str, Any]) -> set[str]:
+    """The references a stored resource touches for the referral model: itself, the patient,
+    referral, coverage or identifier it ties to. `{"*"}` for a party (Organization,
+    Practitioner, PractitionerRole) and for anything that cannot be read. Types the model does
+    not read touch nothing."""
+    resource_type, resource_id = body.get("resourceType"), body.get("id")
+    if resource_type in _EVERYTHING_TYPES:
+        return {EVERYTHING}
+    if resource_type not in RELEVANT_TYPES:
+        return set()
+    key = f"{resource_type}/{resource_id}"
+    try:
+        facts = extract(body, key)
+    except Exception:
+        return {EVERYTHING}
+    found = {key}
+    for fact in facts:
+        found.add(fact.key)
+        match fact:
+            case ReferralFacts():
+                found.update(r for r in (fact.subject, *fact.insurance) if r)
+            case PatientFacts():
+                found.update(fact.identifiers)  # references by identifier resolve to it
+            case CoverageFacts():
+                found.update(r for r in (fact.beneficiary,) if r)
+            case MessageFacts():
+                found.update(r for r in (fact.sender, *fact.refers_to) if r)
+            case FormFacts():
+                found.update((*fact.based_on, *fact.authors))
+            case RecordFacts():
+                found.update(fact.related)
+            case AppointmentFacts():
+                found.update(fact.based_on)
+            case _:
+                return {EVERYTHING}
+    return found
+
+
+def _tracking(session: Session) -> bool:
+    """Whether changes are noted: once the referrals were evaluated, and until something sent
+    the next evaluation back to evaluating everything."""
+    if session.get(EvaluationMark, MARK) is None:
+        return False
+    return session.get(PendingEvaluation, EVERYTHING) is None
+
+
+def _stored_bodies(
+    session: Session, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in keys:
+        if resource_type in RELEVANT_TYPES:
+            by_type.setdefault(resource_type, []).append(resource_id)
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for resource_type, ids in by_type.items():
+        for start in range(0, len(ids), 500):
+            rows = session.execute(
+                select(StoredResource.id, StoredResource.body).where(
+                    StoredResource.resource_type == resource_type,
+                    StoredResource.id.in_(ids[start : start + 500]),
+                    StoredResource.deleted.is_(False),
+                )
+            )
+            found.update(((resource_type, rid), body) for rid, body in rows)
+    return found
+
+
+def note_pending(session: Session, targets: Iterable[str]) -> None:
+    """Note references for the next evaluation to look at again."""
+    wanted = {EVERYTHING} if EVERYTHING in targets else set(targets)
+    if not wanted:
+        return
+    now = _now()
+    stmt = insert_for(session)(PendingEvaluation.__table__)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["target"], set_={"added_at": stmt.excluded.added_at}
+    )
+    session.execute(stmt, [{"target": t[:200], "added_at": now} for t in sorted(wanted)])
+
+
+def pending(session: Session) -> list[tuple[str, datetime]]:
+    """The noted references, with when each was noted."""
+    rows = session.execute(select(PendingEvaluation.target, PendingEvaluation.added_at))
+    return [(target, added) for target, added in rows]
+
+
+def clear_pending(session: Session, seen: list[tuple[str, datetime]]) -> None:
+    """Forget the noted references an evaluation looked at (not one noted again since)."""
+    table = cast(Table, PendingEvaluation.__table__)
+    for start in range(0, len(seen), 500):
+        session.execute(
+            delete(table).where(
+                table.c.target == bindparam("t"), table.c.added_at == bindparam("a")
+            ),
+            [{"t": target, "a": added} for target, added in seen[start : start + 500]],
+        )
+
+
+def evaluation_mark(session: Session) -> EvaluationMark | None:
+    """The last evaluation's instant and rules digest, if the referrals were evaluated."""
+    return session.get(EvaluationMark, MARK)
+
+
+def set_evaluation_mark(session: Session, as_of: datetime, rules_digest: str) -> None:
+    offset = as_of.utcoffset()
+    values = {
+        "name": MARK,
+        "as_of": _aware(as_of),
+        "utc_offset_seconds": int(offset.total_seconds()) if offset is not None else 0,
+        "rules_digest": rules_digest,
+    }
+    stmt = insert_for(session)(EvaluationMark.__table__).values(values)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["name"], set_={k: v for k, v in values.items() if k != "name"}
+        )
+    )
 
 
 def _newer(row: dict[str, Any], than: dict[str, Any]) -> bool:
@@ -390,11 +553,16 @@ _BY_KEY = 500
 
 
 def save_evaluations(
-    session: Session, evaluations: Iterable[ReferralEvaluation], as_of: datetime
+    session: Session,
+    evaluations: Iterable[ReferralEvaluation],
+    as_of: datetime,
+    until: Mapping[str, datetime] | None = None,
 ) -> int:
     """`save_evaluation` for many referrals in a few statements; how many changed state or
-    segments (each with a history row)."""
+    segments (each with a history row). `until`: by referral, the instant before which its
+    evaluation stays the same (see `Referral.stable_until`; without it, unknown)."""
     as_of = _aware(as_of)
+    until = until or {}
     values = {
         e.referral: {
             "key": e.referral,
@@ -410,6 +578,7 @@ def save_evaluations(
             "aging_band": e.aging_band,
             "source": e.source[:160] if e.source else None,
             "high_relationship": "high-relationship" in e.segments,
+            "stable_until": until.get(e.referral),
         }
         for e in evaluations
     }

@@ -28,9 +28,11 @@ __all__ = [
     "AuditEvent",
     "Base",
     "ContactAttemptRow",
+    "EvaluationMark",
     "NoteRow",
     "OutboxEntry",
     "OwnerRow",
+    "PendingEvaluation",
     "Quarantined",
     "Referral",
     "ReviewRow",
@@ -121,6 +123,32 @@ class Referral(Base):
     source: Mapped[str | None] = mapped_column(String(160), index=True)
     # In the high-relationship segment (never primary: the queue shows it as a lane of its own).
     high_relationship: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Until this instant the evaluation stays the same if the data does not change (the
+    # model's `evaluate_until`); unknown (NULL) means at the next evaluation.
+    stable_until: Mapped[datetime | None]
+
+
+class PendingEvaluation(Base):
+    """What changed in the stored resources since the referrals were last evaluated, as the
+    references it touches (a patient, a referral, an identifier; "*" for anything that may
+    move every referral): the next evaluation re-evaluates the referrals they reach."""
+
+    __tablename__ = "pending_evaluation"
+
+    target: Mapped[str] = mapped_column(String(200), primary_key=True)
+    added_at: Mapped[datetime]
+
+
+class EvaluationMark(Base):
+    """The last evaluation of the stored referrals: at which instant, under which rules (a
+    digest). Another rules file, or an instant before it, makes the next evaluation a full one."""
+
+    __tablename__ = "evaluation_mark"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    as_of: Mapped[datetime]
+    utc_offset_seconds: Mapped[int] = mapped_column(Integer)
+    rules_digest: Mapped[str] = mapped_column(String(64))
 
 
 class SegmentChange(Base):
