@@ -10,7 +10,7 @@ reused), the view served by waitress (16 threads) in a process of its own, a dem
 Reported per backend: open referrals, requests, p50 and p95 latency of each page, and the ratio
 of the queue's p95 to the static page's. Target (issue 6): queue p95 under 150 ms on PostgreSQL.
 
-    .venv/bin/python bench/view_bench.py [--referrals 72000] [--backends postgresql sqlite]
+    .venv/bin/python bench/view_bench.py [--referrals 80000] [--backends postgresql sqlite]
         [--rounds 3] [--seconds 10] [--clients 16]
 """
 
@@ -173,7 +173,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--referrals", type=int, default=72000)
+    parser.add_argument("--referrals", type=int, default=80000)
     parser.add_argument("--backends", nargs="+", default=["postgresql", "sqlite"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
