@@ -40,6 +40,7 @@ from adapter.store_models import (
     PendingEvaluation,
     Quarantined,
     Referral,
+    ResourceTie,
     SegmentChange,
     StoredResource,
     SyncCursor,
@@ -156,7 +157,7 @@ def _json_text(value: Any) -> str:
 
 
 # The newest migration; a test keeps it equal to the head of adapter/migrations/versions.
-HEAD = "0006"
+HEAD = "0007"
 
 
 def upgrade(url: str | URL, revision: str = "head") -> None:
@@ -326,6 +327,7 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
     tracked = _tracking(session)
     before = _stored_bodies(session, list(rows)) if tracked else {}
     changed = session.execute(stmt, list(rows.values())).all()
+    _retie(session, [rows[(t, i)] for t, i in changed])
     if tracked and changed:
         targets: set[str] = set()
         for resource_type, resource_id in changed:
@@ -386,6 +388,27 @@ def evaluation_targets(body: dict[str, Any]) -> set[str]:
             case _:
                 return {EVERYTHING}
     return found
+
+
+def _retie(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Replace the ties of the resources just stored (a tombstone keeps none)."""
+    table = cast(Table, ResourceTie.__table__)
+    relevant = [r for r in rows if r["resource_type"] in RELEVANT_TYPES]
+    if not relevant:
+        return
+    session.execute(
+        delete(table).where(table.c.resource_type == bindparam("t"), table.c.id == bindparam("i")),
+        [{"t": r["resource_type"], "i": r["id"]} for r in relevant],
+    )
+    ties = [
+        {"resource_type": r["resource_type"], "id": r["id"], "target": target[:200]}
+        for r in relevant
+        if not r["deleted"]
+        for target in evaluation_targets(r["body"]) - {EVERYTHING}
+    ]
+    if ties:
+        stmt = insert_for(session)(table).on_conflict_do_nothing()
+        session.execute(stmt, ties)
 
 
 def _tracking(session: Session) -> bool:

@@ -35,6 +35,7 @@ __all__ = [
     "PendingEvaluation",
     "Quarantined",
     "Referral",
+    "ResourceTie",
     "ReviewRow",
     "SegmentChange",
     "StoredResource",
@@ -126,6 +127,19 @@ class Referral(Base):
     # Until this instant the evaluation stays the same if the data does not change (the
     # model's `evaluate_until`); unknown (NULL) means at the next evaluation.
     stable_until: Mapped[datetime | None]
+
+
+class ResourceTie(Base):
+    """What a stored resource touches for the referral model (`store.evaluation_targets`: the
+    patient, referral, coverage or identifier it ties to, and itself), so that the evaluation
+    reads the resources of a few hundred patients at a time, not the whole store."""
+
+    __tablename__ = "resource_tie"
+    __table_args__ = (Index("ix_resource_tie_target", "target"),)
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target: Mapped[str] = mapped_column(String(200), primary_key=True)
 
 
 class PendingEvaluation(Base):

@@ -37,8 +37,6 @@ the segment history.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,16 +45,15 @@ from datetime import UTC, datetime, timedelta
 from queue import Empty, Queue
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from adapter import store
 from adapter.fhir_client import FhirClient
-from adapter.planning import PlanSummary, details_from_index, plan_evaluations
+from adapter.planning import PlanSummary
 from adapter.segmenting import bulk_allocation, index_resources
-from adapter.store_models import Referral
+from adapter.store_evaluation import evaluate_store
 from mappings.base_validation import validate_resource
-from mappings.facts import ReferralFacts
 from mappings.fhirtime import parse_instant
 from mappings.references import references_at
 from mappings.referral import Evaluator
@@ -644,113 +641,6 @@ def evaluate_stored(
         stored = store.iter_resources(session, SYNC_TYPES)
         index, _ = index_resources(stored, on_problem, validated=True)
     return Evaluator(index, rules, as_of)
-
-
-def evaluate_store(
-    engine: Engine,
-    rules: PracticeRules,
-    as_of: datetime,
-    on_problem: Callable[[str, str], None],
-    plan: PlanSummary | None = None,
-) -> tuple[int, int, int]:
-    """Evaluate the stored referrals that may have moved and save them, with the write-back
-    they call for queued in the outbox in the same transaction; (referrals, how many changed
-    state or segments, how many left the store). `plan` collects how many writes were queued.
-
-    Which may have moved: those whose data changed since the last evaluation (the store notes
-    what each stored change touches: `store.evaluation_targets`), every referral of a source
-    one of whose referrals changed (its high-relationship count), and those whose instant of
-    change (`Evaluator.evaluate_until`) has come. Everything is evaluated the first time, under
-    other rules, at an instant before the last evaluation's, or after a change to a party."""
-    digest = rules_digest(rules)
-    with Session(engine) as session:
-        mark = store.evaluation_mark(session)
-        seen = store.pending(session)
-    offset = as_of.utcoffset()
-    full = (
-        mark is None
-        or mark.rules_digest != digest
-        or as_of < mark.as_of
-        or mark.utc_offset_seconds != int(offset.total_seconds() if offset else 0)
-        or any(target == store.EVERYTHING for target, _ in seen)
-    )
-    evaluator = evaluate_stored(engine, rules, as_of, on_problem)
-    present = {r.key for r in evaluator.referrals}
-    moved = 0
-    planned = plan if plan is not None else PlanSummary()
-    now = datetime.now(UTC)
-    with Session(engine) as session, session.begin():
-        chosen = (
-            evaluator.referrals
-            if full
-            else _may_have_moved(session, evaluator, {t for t, _ in seen}, as_of)
-        )
-        timed = (evaluator.evaluate_until(referral) for referral in chosen)
-        # Saved in chunks, so that only one chunk's evaluations are held at a time.
-        for chunk in _chunks(timed, SAVE_CHUNK):
-            evaluations = [e for e, _ in chunk]
-            until = {e.referral: moment or FOREVER for e, moment in chunk}
-            moved += store.save_evaluations(session, evaluations, as_of, until)
-            lines = [e.to_json() for e in evaluations]
-            details = details_from_index(evaluator.index, (e.referral for e in evaluations))
-            step = plan_evaluations(session, lines, details, rules, now)
-            planned.tasks += step.tasks
-            planned.messages += step.messages
-            planned.skipped += step.skipped
-        removed = store.remove_referrals(session, present, as_of)
-        # An evaluation at an earlier instant saves nothing over later ones (save_evaluations):
-        # what is noted stays for the next evaluation that does.
-        if mark is None or as_of >= mark.as_of:
-            store.clear_pending(session, seen)
-            store.set_evaluation_mark(session, as_of, digest)
-    return len(present), moved, removed
-
-
-# An evaluation that time alone never changes (no dates at all).
-FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
-
-
-def rules_digest(rules: PracticeRules) -> str:
-    """A digest of the practice rules: evaluations made under other rules are all redone."""
-    return hashlib.sha256(rules.model_dump_json().encode()).hexdigest()
-
-
-def _may_have_moved(
-    session: Session, evaluator: Evaluator, targets: set[str], as_of: datetime
-) -> list[ReferralFacts]:
-    """The referrals an incremental evaluation must evaluate again (see `evaluate_store`)."""
-    index = evaluator.index
-    touched = targets | {k for k in map(index.resolve, targets) if k}
-    stored = {
-        key: (until, source)
-        for key, until, source in session.execute(
-            select(Referral.key, Referral.stable_until, Referral.source)
-        )
-    }
-    # A changed referral changes its source's count, and so does one that left its source.
-    sources = {evaluator.source(r) for r in evaluator.referrals if r.key in touched}
-    sources |= {stored[key][1] for key in touched if key in stored}
-    sources.discard(None)
-    chosen = []
-    for referral in evaluator.referrals:
-        row = stored.get(referral.key)
-        if row is None or row[0] is None or row[0] <= as_of or referral.key in touched:
-            chosen.append(referral)
-            continue
-        refs = (referral.subject, *referral.insurance)
-        if any(r in touched or index.resolve(r) in touched for r in refs if r) or (
-            sources and evaluator.source(referral) in sources
-        ):
-            chosen.append(referral)
-    return chosen
-
-
-SAVE_CHUNK = 500
-
-
-def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
 
 
 def run_sync(

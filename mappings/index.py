@@ -18,7 +18,7 @@ from mappings.facts import (
     ReferralFacts,
 )
 
-__all__ = ["ReferralIndex"]
+__all__ = ["ReferralIndex", "identifier_aliases"]
 
 T = TypeVar("T")
 
@@ -74,9 +74,12 @@ class ReferralIndex:
             return None
         return self._aliases.get(reference, reference)
 
-    def build(self) -> ReferralIndex:
-        """Resolve references and build the lookups; call once after the last `add`."""
-        self._alias_identifiers()
+    def build(self, *, identify: bool = True) -> ReferralIndex:
+        """Resolve references and build the lookups; call once after the last `add`.
+        `identify=False`: the identifier aliases were given (`add_alias`) for a larger whole
+        than this index holds, and are not worked out from its patients and parties."""
+        if identify:
+            self._alias_identifiers()
         resolve = self.resolve
         coverages: defaultdict[str, list[CoverageFacts]] = defaultdict(list)
         for coverage in self._coverages.values():
@@ -99,19 +102,23 @@ class ReferralIndex:
         return self
 
     def _alias_identifiers(self) -> None:
-        # A reference by identifier resolves only when exactly one resource carries it.
-        owners: defaultdict[str, set[str]] = defaultdict(set)
         holders: list[PatientFacts | PartyFacts] = [*self.patients.values(), *self.parties.values()]
-        for holder in holders:
-            for identifier in holder.identifiers:
-                owners[identifier].add(holder.key)
-        for identifier, keys in owners.items():
-            if len(keys) == 1:
-                self._aliases.setdefault(identifier, next(iter(keys)))
+        for identifier, key in identifier_aliases(holders).items():
+            self._aliases.setdefault(identifier, key)
 
     def is_referral_key(self, key: str | None) -> bool:
         """Whether a resolved key names a ServiceRequest (in the input or not)."""
         return key is not None and (key in self.referrals or key.startswith("ServiceRequest/"))
+
+
+def identifier_aliases(holders: Iterable[PatientFacts | PartyFacts]) -> dict[str, str]:
+    """identifier -> key of the one patient or party carrying it: a reference by identifier
+    resolves only when exactly one resource carries it."""
+    owners: defaultdict[str, set[str]] = defaultdict(set)
+    for holder in holders:
+        for identifier in holder.identifiers:
+            owners[identifier].add(holder.key)
+    return {identifier: next(iter(keys)) for identifier, keys in owners.items() if len(keys) == 1}
 
 
 def _by_target(

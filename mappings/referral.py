@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -29,7 +29,7 @@ from mappings.index import ReferralIndex
 from mappings.model import MissingDetail, NextAction, Reason, ReferralEvaluation
 from mappings.rules import PracticeRules
 
-__all__ = ["Evaluator", "evaluate_all"]
+__all__ = ["Evaluator", "authored_by_source", "evaluate_all", "referral_source"]
 
 F = TypeVar("F")
 _KEY = attrgetter("key")
@@ -72,7 +72,17 @@ class _Missing:
 class Evaluator:
     """Evaluates the referrals of one index under one set of rules at one instant."""
 
-    def __init__(self, index: ReferralIndex, rules: PracticeRules, as_of: datetime) -> None:
+    def __init__(
+        self,
+        index: ReferralIndex,
+        rules: PracticeRules,
+        as_of: datetime,
+        *,
+        source_dates: Mapping[str, list[datetime]] | None = None,
+    ) -> None:
+        """`source_dates`: by source, the sorted authoredOn of all its referrals, when the
+        index holds only some of them (the store evaluates in chunks of patients); by default
+        the index's referrals are all there are."""
         if as_of.tzinfo is None:
             raise ValueError("as_of must be timezone-aware")
         self.index = index
@@ -81,7 +91,9 @@ class Evaluator:
         self.terms = terminology()
         self._referrals = [r for r in index.referrals.values() if rules.is_referral(r.categories)]
         self._sources = {r.key: self._resolve_source(r) for r in self._referrals}
-        self._source_dates = self._authored_by_source()
+        self._source_dates = (
+            source_dates if source_dates is not None else self._authored_by_source()
+        )
         self._listed_sources = frozenset(rules.high_relationship.sources)
         self._calendar = Calendar.from_rules(rules.business_hours)
         self._high: dict[str, tuple[list[Reason], datetime | None]] = {}  # the same by source
@@ -375,23 +387,12 @@ class Evaluator:
         return self._resolve_source(referral)
 
     def _resolve_source(self, referral: ReferralFacts) -> str | None:
-        requester = self.index.resolve(referral.requester)
-        if requester is None:
-            return None
-        party = self.index.parties.get(requester)
-        if party is not None and party.organization is not None:
-            return self.index.resolve(party.organization)
-        return requester
+        return referral_source(self.index, referral)
 
     def _authored_by_source(self) -> dict[str, list[datetime]]:
-        dates: defaultdict[str, list[datetime]] = defaultdict(list)
-        for referral in self._referrals:
-            source = self.source(referral)
-            if source is not None and referral.authored is not None:
-                dates[source].append(referral.authored)
-        for values in dates.values():
-            values.sort()
-        return dict(dates)
+        return authored_by_source(
+            (self.source(referral), referral.authored) for referral in self._referrals
+        )
 
     def _high_relationship(self, source: str | None) -> list[Reason]:
         if source is None:
@@ -531,6 +532,32 @@ class Evaluator:
             due=due,
             overdue=due is not None and due < self.as_of,
         )
+
+
+def referral_source(index: ReferralIndex, referral: ReferralFacts) -> str | None:
+    """The referral's source: the requester's Organization; a Practitioner, or a role without
+    one, stands for itself (the index needs the parties and aliases only)."""
+    requester = index.resolve(referral.requester)
+    if requester is None:
+        return None
+    party = index.parties.get(requester)
+    if party is not None and party.organization is not None:
+        return index.resolve(party.organization)
+    return requester
+
+
+def authored_by_source(
+    pairs: Iterable[tuple[str | None, datetime | None]],
+) -> dict[str, list[datetime]]:
+    """(source, authoredOn) of each referral -> by source, the sorted dates (for the
+    high-relationship count)."""
+    dates: defaultdict[str, list[datetime]] = defaultdict(list)
+    for source, authored in pairs:
+        if source is not None and authored is not None:
+            dates[source].append(authored)
+    for values in dates.values():
+        values.sort()
+    return dict(dates)
 
 
 def evaluate_all(

@@ -10,14 +10,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.orm import Session
 
-from adapter import store
+from adapter import store, store_evaluation
 from adapter.ingest import ingest
 from adapter.practice_rules import default_rules
-from adapter.store_models import PendingEvaluation, Referral
+from adapter.store_models import PendingEvaluation, Referral, ResourceTie, StoredResource
 from adapter.sync import evaluate_store, evaluate_stored
 from adapter.synth import synth_to_dir
 from mappings.rules import merge_rules, parse_rules
@@ -272,3 +273,82 @@ def test_a_coverage_moved_to_another_patient_is_gone_for_the_first(engine: Engin
     assert_as_a_full_evaluation(engine, later)
     after = {r.key: r for r in referrals_of(engine)}
     assert any(m["item"] == "insurance" for m in after[referral.key].evaluation["missing"])
+
+
+def test_evaluating_a_few_patients_at_a_time_gives_what_one_index_of_everything_gives(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some referrals and messages name their patient by identifier only, so that a chunk
+    # needs the store's identifier aliases and the messages tied to an identifier.
+    rows = [r for r in referrals_of(engine) if r.patient][:30]
+    changed = []
+    for row in rows[::3]:
+        assert row.patient is not None
+        patient = body(engine, row.patient)
+        identifier = (patient.get("identifier") or [None])[0]
+        if identifier is None:
+            continue
+        sr = body(engine, row.key)
+        sr["subject"] = {"identifier": identifier}
+        changed.append(sr)
+        changed.append(
+            {
+                "resourceType": "Communication",
+                "id": f"msg-by-identifier-{row.key.partition('/')[2]}",
+                "meta": {"versionId": "0"},
+                "status": "completed",
+                "sent": (T0 - timedelta(days=1)).isoformat(),
+                "sender": {"identifier": identifier},
+                "payload": [{"contentString": "Please call me back."}],
+            }
+        )
+    assert len(changed) >= 6
+    put(engine, *changed)
+    monkeypatch.setattr(store_evaluation, "CHUNK", 7)
+    as_of = T0 + timedelta(hours=2)
+    evaluate_store(engine, RULES, as_of, nowhere)
+    assert_as_a_full_evaluation(engine, as_of)
+    after = {r.key: r for r in referrals_of(engine)}
+    assert any("patient-active" in after[r.key].segments for r in rows[::3])
+
+
+def test_the_ties_of_a_store_from_before_them_are_filled_in(db_url: str, tmp_path: Path) -> None:
+    synth_to_dir(20, 9, T0.replace(hour=0), tmp_path / "data")
+    store.upgrade(db_url, "0006")
+    made = store.make_engine(db_url)
+    bodies = [
+        orjson.loads(line)
+        for file in sorted((tmp_path / "data").glob("*.ndjson"))
+        for line in file.read_bytes().splitlines()
+    ]
+    now = datetime.now(UTC)
+    with Session(made) as session, session.begin():
+        session.execute(
+            insert(StoredResource.__table__),
+            [
+                {
+                    "resource_type": b["resourceType"],
+                    "id": b["id"],
+                    "source": "test",
+                    "body": b,
+                    "stored_at": now,
+                    "deleted": False,
+                }
+                for b in bodies
+            ],
+        )
+    store.upgrade(db_url)
+    with Session(made) as session:
+        ties = set(
+            session.execute(select(ResourceTie.resource_type, ResourceTie.id, ResourceTie.target))
+        )
+    expected = {
+        (b["resourceType"], b["id"], target)
+        for b in bodies
+        for target in store.evaluation_targets(b) - {store.EVERYTHING}
+    }
+    assert ties == expected
+    assert any(t[0] == "Coverage" and t[2].startswith("Patient/") for t in ties)
+    evaluate_store(made, RULES, T0, nowhere)
+    assert_as_a_full_evaluation(made, T0)
+    made.dispose()

@@ -34,6 +34,7 @@ TABLES = {
     "referral_owner",
     "referral_review",
     "resource",
+    "resource_tie",
     "segment_history",
     "sync_cursor",
     "task_record",

@@ -1,0 +1,295 @@
+"""Evaluating the stored referrals: the ones that may have moved, a chunk of patients at a time.
+
+A practice's store grows with every referral it ever received, so the evaluation does not
+hold the store in memory. It reads, once:
+- the parties (Organization, Practitioner, PractitionerRole: the practice's directory) and the
+  identifiers of patients and parties (a reference by identifier resolves to the one resource
+  carrying it);
+- for every referral, a few fields: its subject, insurance and source, and when it was authored
+  (the high-relationship count of a source covers all its referrals).
+It then evaluates the referrals in chunks of `CHUNK`, in key order: each chunk's
+ServiceRequests and everything tied to them or to their patients (the store's `resource_tie`
+rows: Patient, Coverage, Communication, DocumentReference, QuestionnaireResponse, Appointment)
+are read and indexed, evaluated and saved, and let go before the next.
+
+Which referrals may have moved (`_may_have_moved`): those whose data changed since the last
+evaluation (the store notes what each stored change touches, before and after it), every
+referral of a source one of whose referrals changed, and those whose instant of change
+(`Evaluator.evaluate_until`) has come. Everything is evaluated the first time, under other
+rules, after a change to a party, and at an instant earlier than the last evaluation's (which
+saves nothing over later evaluations, and leaves the noted changes for the next).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from adapter import store
+from adapter.planning import PlanSummary, details_from_index, plan_evaluations
+from adapter.segmenting import bulk_allocation
+from adapter.store_models import Referral, ResourceTie, StoredResource
+from mappings.facts import Facts, PartyFacts, PatientFacts, ReferralFacts, extract
+from mappings.index import ReferralIndex, identifier_aliases
+from mappings.referral import Evaluator, authored_by_source, referral_source
+from mappings.rules import PracticeRules
+
+__all__ = ["CHUNK", "FOREVER", "evaluate_store", "rules_digest"]
+
+JSON = dict[str, Any]
+T = TypeVar("T")
+CHUNK = 1000  # referrals evaluated (and held) at a time
+SAVE_CHUNK = 500
+IN_BATCH = 500  # keys per IN (...) list
+PARTY_TYPES = ("Organization", "Practitioner", "PractitionerRole")
+# An evaluation that time alone never changes (no dates at all).
+FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
+
+OnProblem = Callable[[str, str], None]
+
+
+def rules_digest(rules: PracticeRules) -> str:
+    """A digest of the practice rules: evaluations made under other rules are all redone."""
+    return hashlib.sha256(rules.model_dump_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Brief:
+    """What the whole-store pass keeps of one referral."""
+
+    key: str
+    refs: tuple[str, ...]  # subject and insurance, as written and resolved
+    source: str | None
+
+
+def evaluate_store(
+    engine: Engine,
+    rules: PracticeRules,
+    as_of: datetime,
+    on_problem: OnProblem,
+    plan: PlanSummary | None = None,
+) -> tuple[int, int, int]:
+    """Evaluate the stored referrals that may have moved and save them, with the write-back
+    they call for queued in the outbox in the same transaction; (referrals, how many changed
+    state or segments, how many left the store). `plan` collects how many writes were queued."""
+    digest = rules_digest(rules)
+    with Session(engine) as session:
+        mark = store.evaluation_mark(session)
+        seen = store.pending(session)
+    offset = as_of.utcoffset()
+    full = (
+        mark is None
+        or mark.rules_digest != digest
+        or as_of < mark.as_of
+        or mark.utc_offset_seconds != int(offset.total_seconds() if offset else 0)
+        or any(target == store.EVERYTHING for target, _ in seen)
+    )
+    planned = plan if plan is not None else PlanSummary()
+    moved = 0
+    now = datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        with bulk_allocation():  # long-lived and acyclic: no collector passes over them
+            directory = _Directory.read(session, on_problem)
+            briefs = _briefs(session, directory, rules, on_problem)
+        present = {b.key for b in briefs}
+        dates = authored_by_source((b.source, authored) for b, authored in briefs.items())
+        chosen = (
+            list(briefs)
+            if full
+            else _may_have_moved(session, directory, list(briefs), {t for t, _ in seen}, as_of)
+        )
+        del briefs
+        chosen.sort(key=lambda b: b.key)  # the order of the store, and of the outbox entries
+        for chunk in _chunks(iter(chosen), CHUNK):
+            index = _chunk_index(session, directory, chunk, on_problem)
+            evaluator = Evaluator(index, rules, as_of, source_dates=dates)
+            found = (index.referrals.get(b.key) for b in chunk)
+            timed = (evaluator.evaluate_until(r) for r in found if r is not None)
+            for part in _chunks(timed, SAVE_CHUNK):
+                evaluations = [e for e, _ in part]
+                until = {e.referral: moment or FOREVER for e, moment in part}
+                moved += store.save_evaluations(session, evaluations, as_of, until)
+                lines = [e.to_json() for e in evaluations]
+                details = details_from_index(index, (e.referral for e in evaluations))
+                step = plan_evaluations(session, lines, details, rules, now)
+                planned.tasks += step.tasks
+                planned.messages += step.messages
+                planned.skipped += step.skipped
+        removed = store.remove_referrals(session, present, as_of)
+        if mark is None or as_of >= mark.as_of:
+            store.clear_pending(session, seen)
+            store.set_evaluation_mark(session, as_of, digest)
+    return len(present), moved, removed
+
+
+class _Directory:
+    """The parties and the identifier aliases of the whole store."""
+
+    def __init__(self, parties: list[Facts], aliases: dict[str, str]) -> None:
+        self.parties = parties
+        self.aliases = aliases
+        self.index = ReferralIndex()
+        for facts in parties:
+            self.index.add(facts)
+        for identifier, key in aliases.items():
+            self.index.add_alias(identifier, key)
+        self.index.build(identify=False)
+
+    @classmethod
+    def read(cls, session: Session, on_problem: OnProblem) -> _Directory:
+        parties = list(_facts(store.iter_resources(session, PARTY_TYPES), on_problem))
+
+        def holders() -> Iterator[PatientFacts | PartyFacts]:
+            yield from (f for f in parties if isinstance(f, PartyFacts))
+            for facts in _facts(store.iter_resources(session, ["Patient"]), on_problem):
+                if isinstance(facts, PatientFacts) and facts.identifiers:
+                    yield facts
+
+        return cls(parties, identifier_aliases(holders()))
+
+    def resolve(self, reference: str | None) -> str | None:
+        return self.index.resolve(reference)
+
+
+def _facts(bodies: Iterable[JSON], on_problem: OnProblem) -> Iterator[Facts]:
+    for body in bodies:
+        key = f"{body.get('resourceType')}/{body.get('id')}"
+        try:
+            yield from extract(body, key)
+        except Exception as error:
+            on_problem(key, f"not evaluated: {type(error).__name__}")
+
+
+def _briefs(
+    session: Session, directory: _Directory, rules: PracticeRules, on_problem: OnProblem
+) -> dict[_Brief, datetime | None]:
+    """Every stored referral, briefly, with its authoredOn."""
+    found: dict[_Brief, datetime | None] = {}
+    for facts in _facts(store.iter_resources(session, ["ServiceRequest"]), on_problem):
+        if not isinstance(facts, ReferralFacts) or "#" in facts.key:
+            continue
+        if not rules.is_referral(facts.categories):
+            continue
+        written = tuple(r for r in (facts.subject, *facts.insurance) if r)
+        resolved = tuple(k for k in map(directory.resolve, written) if k and k not in written)
+        brief = _Brief(
+            key=facts.key,
+            refs=written + resolved,
+            source=referral_source(directory.index, facts),
+        )
+        found[brief] = facts.authored
+    return found
+
+
+def _may_have_moved(
+    session: Session,
+    directory: _Directory,
+    briefs: list[_Brief],
+    targets: set[str],
+    as_of: datetime,
+) -> list[_Brief]:
+    """The referrals an incremental evaluation must evaluate again."""
+    touched = targets | {k for k in map(directory.resolve, targets) if k}
+    stored = {
+        key: (until, source)
+        for key, until, source in session.execute(
+            select(Referral.key, Referral.stable_until, Referral.source)
+        )
+    }
+    # A changed referral changes its source's count, and so does one that left its source.
+    sources = {b.source for b in briefs if b.key in touched}
+    sources |= {stored[key][1] for key in touched if key in stored}
+    sources.discard(None)
+    chosen = []
+    for brief in briefs:
+        row = stored.get(brief.key)
+        if (
+            row is None
+            or row[0] is None
+            or row[0] <= as_of
+            or brief.key in touched
+            or any(r in touched for r in brief.refs)
+            or brief.source in sources
+        ):
+            chosen.append(brief)
+    return chosen
+
+
+def _chunk_index(
+    session: Session, directory: _Directory, chunk: list[_Brief], on_problem: OnProblem
+) -> ReferralIndex:
+    """The index of one chunk: its referrals, everything tied to them or to their patients,
+    the parties, and the store's identifier aliases."""
+    bodies: dict[tuple[str, str], JSON] = {}
+    asked: set[str] = set()
+    wanted = {b.key for b in chunk} | {r for b in chunk for r in b.refs}
+    for _ in range(2):  # then the identifiers of the patients found
+        wanted -= asked
+        if not wanted:
+            break
+        asked |= wanted
+        for found in _tied(session, wanted) - set(bodies):
+            bodies[found] = {}
+        missing = [k for k, body in bodies.items() if not body]
+        bodies.update(_bodies(session, missing))
+        wanted = {
+            identifier
+            for facts in _facts((b for (t, _), b in bodies.items() if t == "Patient"), on_problem)
+            if isinstance(facts, PatientFacts)
+            for identifier in facts.identifiers
+        }
+    index = ReferralIndex()
+    for facts in directory.parties:
+        index.add(facts)
+    for _, body in sorted(bodies.items()):  # the same index whatever order the rows came in
+        if body:
+            for facts in _facts((body,), on_problem):
+                index.add(facts)
+    for identifier, key in directory.aliases.items():
+        index.add_alias(identifier, key)
+    return index.build(identify=False)
+
+
+def _tied(session: Session, targets: set[str]) -> set[tuple[str, str]]:
+    """The stored resources tied to any of the targets."""
+    found: set[tuple[str, str]] = set()
+    ordered = sorted(targets)
+    for start in range(0, len(ordered), IN_BATCH):
+        rows = session.execute(
+            select(ResourceTie.resource_type, ResourceTie.id)
+            .where(ResourceTie.target.in_(ordered[start : start + IN_BATCH]))
+            .distinct()
+        )
+        found.update((t, i) for t, i in rows)
+    return found
+
+
+def _bodies(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, str], JSON]:
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in keys:
+        by_type.setdefault(resource_type, []).append(resource_id)
+    found: dict[tuple[str, str], JSON] = {}
+    for resource_type, ids in by_type.items():
+        ids.sort()
+        for start in range(0, len(ids), IN_BATCH):
+            rows = session.execute(
+                select(StoredResource.id, StoredResource.body).where(
+                    StoredResource.resource_type == resource_type,
+                    StoredResource.id.in_(ids[start : start + IN_BATCH]),
+                    StoredResource.deleted.is_(False),
+                )
+            )
+            found.update(((resource_type, rid), body) for rid, body in rows)
+    return found
+
+
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
