@@ -93,6 +93,7 @@ __all__ = [
     "stored_evaluation",
     "stored_evaluations",
     "stored_keys",
+    "tie_key",
     "upgrade",
 ]
 
@@ -348,12 +349,20 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# What the next evaluation must look at again (see adapter.sync.evaluate_store)
+# What the evaluation reads together, and what it must look at again (adapter.store_evaluation)
 
 EVERYTHING = "*"
 MARK = "referrals"
 # A changed party can move a referral's source, and with it every referral of two sources.
 _EVERYTHING_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole"})
+
+
+def tie_key(target: str) -> str:
+    """A target as the store keeps it: as written, or a digest of one too long for the column
+    (an identifier of a few hundred characters)."""
+    if len(target) <= 200:
+        return target
+    return "sha256:" + hashlib.sha256(target.encode()).hexdigest()
 
 
 def evaluation_targets(body: dict[str, Any]) -> set[str]:
@@ -405,7 +414,7 @@ def _retie(session: Session, rows: list[dict[str, Any]]) -> None:
         [{"t": r["resource_type"], "i": r["id"]} for r in relevant],
     )
     ties = [
-        {"resource_type": r["resource_type"], "id": r["id"], "target": target[:200]}
+        {"resource_type": r["resource_type"], "id": r["id"], "target": tie_key(target)}
         for r in relevant
         if not r["deleted"]
         for target in evaluation_targets(r["body"]) - {EVERYTHING}
@@ -446,7 +455,9 @@ def _stored_bodies(
 
 def note_pending(session: Session, targets: Iterable[str]) -> None:
     """Note references for the next evaluation to look at again."""
-    wanted = {EVERYTHING} if EVERYTHING in targets else set(targets)
+    wanted = {tie_key(t) for t in targets}
+    if EVERYTHING in wanted:
+        wanted = {EVERYTHING}
     if not wanted:
         return
     now = _now()
@@ -454,7 +465,7 @@ def note_pending(session: Session, targets: Iterable[str]) -> None:
     stmt = stmt.on_conflict_do_update(
         index_elements=["target"], set_={"added_at": stmt.excluded.added_at}
     )
-    session.execute(stmt, [{"target": t[:200], "added_at": now} for t in sorted(wanted)])
+    session.execute(stmt, [{"target": t, "added_at": now} for t in sorted(wanted)])
 
 
 def pending(session: Session) -> list[tuple[str, datetime]]:

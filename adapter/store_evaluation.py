@@ -215,7 +215,7 @@ def _may_have_moved(
             or row[0] is None
             or row[0] <= as_of
             or brief.key in touched
-            or any(r in touched for r in brief.refs)
+            or any(store.tie_key(r) in touched for r in brief.refs)
             or brief.source in sources
         ):
             chosen.append(brief)
@@ -260,7 +260,7 @@ def _chunk_index(
 def _tied(session: Session, targets: set[str]) -> set[tuple[str, str]]:
     """The stored resources tied to any of the targets."""
     found: set[tuple[str, str]] = set()
-    ordered = sorted(targets)
+    ordered = sorted({store.tie_key(t) for t in targets})
     for start in range(0, len(ordered), IN_BATCH):
         rows = session.execute(
             select(ResourceTie.resource_type, ResourceTie.id)

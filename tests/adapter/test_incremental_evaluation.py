@@ -352,3 +352,28 @@ def test_the_ties_of_a_store_from_before_them_are_filled_in(db_url: str, tmp_pat
     evaluate_store(made, RULES, T0, nowhere)
     assert_as_a_full_evaluation(made, T0)
     made.dispose()
+
+
+def test_a_reference_too_long_for_the_column_still_ties(engine: Engine) -> None:
+    # An identifier of 300 characters: kept as a digest, found by the same digest.
+    rows = [r for r in referrals_of(engine) if r.patient and r.state == "open"]
+    row = rows[0]
+    assert row.patient is not None
+    patient = body(engine, row.patient)
+    identifier = {"system": "urn:example:" + "x" * 300, "value": "p-1"}
+    patient["identifier"] = [*patient.get("identifier", []), identifier]
+    message = {
+        "resourceType": "Communication",
+        "id": "msg-long-identifier",
+        "meta": {"versionId": "0"},
+        "status": "completed",
+        "sent": (T0 - timedelta(hours=3)).isoformat(),
+        "sender": {"identifier": identifier},  # found only through the identifier's tie
+        "payload": [{"contentString": "Calling back about my referral."}],
+    }
+    put(engine, patient, message)
+    as_of = T0 + timedelta(hours=1)
+    evaluate_store(engine, RULES, as_of, nowhere)
+    assert_as_a_full_evaluation(engine, as_of)
+    after = {r.key: r for r in referrals_of(engine)}
+    assert "patient-active" in after[row.key].segments

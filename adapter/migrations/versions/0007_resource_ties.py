@@ -19,7 +19,7 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    from adapter.store import EVERYTHING, evaluation_targets
+    from adapter.store import EVERYTHING, evaluation_targets, tie_key
 
     ties = op.create_table(
         "resource_tie",
@@ -45,7 +45,7 @@ def upgrade() -> None:
     for resource_type, resource_id, body in rows:
         for target in sorted(evaluation_targets(body) - {EVERYTHING}):
             batch.append(
-                {"resource_type": resource_type, "id": resource_id, "target": target[:200]}
+                {"resource_type": resource_type, "id": resource_id, "target": tie_key(target)}
             )
         if len(batch) >= 5000:
             op.bulk_insert(ties, batch)
