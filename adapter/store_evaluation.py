@@ -14,7 +14,8 @@ are read and indexed, evaluated and saved, and let go before the next.
 
 Which referrals may have moved (`_may_have_moved`): those whose data changed since the last
 evaluation (the store notes what each stored change touches, before and after it), every
-referral of a source one of whose referrals changed, and those whose instant of change
+referral of a source whose count moved (one of its referrals arrived, left, or changed source
+or authoredOn), and those whose instant of change
 (`Evaluator.evaluate_until`) has come. Everything is evaluated the first time, under other
 rules, after a change to a party, and at an instant earlier than the last evaluation's (which
 saves nothing over later evaluations, and leaves the noted changes for the next).
@@ -103,7 +104,7 @@ def evaluate_store(
         chosen = (
             list(briefs)
             if full
-            else _may_have_moved(session, directory, list(briefs), {t for t, _ in seen}, as_of)
+            else _may_have_moved(session, directory, briefs, {t for t, _ in seen}, as_of)
         )
         del briefs
         chosen.sort(key=lambda b: b.key)  # the order of the store, and of the outbox entries
@@ -191,29 +192,40 @@ def _briefs(
 def _may_have_moved(
     session: Session,
     directory: _Directory,
-    briefs: list[_Brief],
+    briefs: dict[_Brief, datetime | None],
     targets: set[str],
     as_of: datetime,
 ) -> list[_Brief]:
     """The referrals an incremental evaluation must evaluate again."""
     touched = targets | {k for k in map(directory.resolve, targets) if k}
     stored = {
-        key: (until, source)
-        for key, until, source in session.execute(
-            select(Referral.key, Referral.stable_until, Referral.source)
+        row.key: row
+        for row in session.execute(
+            select(Referral.key, Referral.stable_until, Referral.source, Referral.arrived_at)
         )
     }
-    # A changed referral changes its source's count, and so does one that left its source.
-    sources = {b.source for b in briefs if b.key in touched}
-    sources |= {stored[key][1] for key in touched if key in stored}
+    # A source's high-relationship count moves when one of its referrals arrives, leaves, or
+    # changes its source or authoredOn (not when its priority or a note changes: a busy office's
+    # updates would otherwise evaluate all of its referrals again).
+    sources: set[str | None] = set()
+    for brief, authored in briefs.items():
+        if brief.key not in touched:
+            continue
+        row = stored.get(brief.key)
+        if row is None or row.source != brief.source or authored is None:
+            sources |= {brief.source, row.source if row is not None else None}
+        elif row.arrived_at != authored:  # arrived_at is authoredOn when there is one
+            sources.add(brief.source)
+    present = {b.key for b in briefs}
+    sources |= {row.source for key, row in stored.items() if key in touched and key not in present}
     sources.discard(None)
     chosen = []
     for brief in briefs:
         row = stored.get(brief.key)
         if (
             row is None
-            or row[0] is None
-            or row[0] <= as_of
+            or row.stable_until is None
+            or row.stable_until <= as_of
             or brief.key in touched
             or any(store.tie_key(r) in touched for r in brief.refs)
             or brief.source in sources

@@ -377,3 +377,26 @@ def test_a_reference_too_long_for_the_column_still_ties(engine: Engine) -> None:
     assert_as_a_full_evaluation(engine, as_of)
     after = {r.key: r for r in referrals_of(engine)}
     assert "patient-active" in after[row.key].segments
+
+
+def test_a_referral_changing_but_not_its_date_or_source_leaves_its_source_alone(
+    engine: Engine,
+) -> None:
+    as_of = T0 + timedelta(minutes=30)
+    evaluate_store(engine, RULES, as_of, nowhere)
+    by_source: dict[str, list[Referral]] = {}
+    for row in referrals_of(engine):
+        if row.source:
+            by_source.setdefault(row.source, []).append(row)
+    source, rows = max(by_source.items(), key=lambda item: len(item[1]))
+    assert len(rows) >= 10
+    first = next(r for r in rows if r.state == "open")
+    sr = body(engine, first.key)
+    sr["priority"] = "urgent"
+    put(engine, sr)
+    later = as_of + timedelta(seconds=1)
+    evaluate_store(engine, RULES, later, nowhere)
+    assert_as_a_full_evaluation(engine, later)
+    again = evaluated_at(engine, later)
+    assert 1 <= again < len(rows) / 2, (source, again, len(rows))
+    assert "time-sensitive" in {r.key: r for r in referrals_of(engine)}[first.key].segments
