@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapter import outbox
+from adapter import outbox, store
 from adapter.outbox import Intent
-from adapter.store_models import NoteRow, OwnerRow, ReviewRow, StoredResource
+from adapter.store_models import NoteRow, OwnerRow, ReviewRow
 from mappings.index import ReferralIndex
 from mappings.names import display_name
 from mappings.references import reference_key
@@ -101,25 +101,10 @@ def details_from_index(index: ReferralIndex, keys: Iterable[str]) -> dict[str, R
     return found
 
 
-def _bodies(session: Session, resource_type: str, ids: Iterable[str]) -> dict[str, JSON]:
-    wanted = sorted(set(ids))
-    found: dict[str, JSON] = {}
-    for start in range(0, len(wanted), 500):
-        rows = session.execute(
-            select(StoredResource.id, StoredResource.body).where(
-                StoredResource.resource_type == resource_type,
-                StoredResource.id.in_(wanted[start : start + 500]),
-                StoredResource.deleted.is_(False),
-            )
-        )
-        found.update((rid, body) for rid, body in rows)
-    return found
-
-
 def details_from_store(session: Session, keys: Iterable[str]) -> dict[str, ReferralDetails]:
     """`details_from_index` for referrals outside a sync: read from the stored resources."""
     wanted = [k for k in keys if k.startswith("ServiceRequest/")]
-    bodies = _bodies(session, "ServiceRequest", (k.partition("/")[2] for k in wanted))
+    bodies = store.bodies_by_id(session, "ServiceRequest", (k.partition("/")[2] for k in wanted))
     found: dict[str, ReferralDetails] = {}
     for key in wanted:
         body = bodies.get(key.partition("/")[2])
@@ -154,7 +139,7 @@ def with_people(
         for patient in patients.values()
         if patient and patient.startswith("Patient/")
     }
-    bodies = _bodies(session, "Patient", ids)
+    bodies = store.bodies_by_id(session, "Patient", ids)
     out: dict[str, ReferralDetails] = {}
     for key, found in details.items():
         patient = patients.get(key)

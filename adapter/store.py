@@ -68,6 +68,7 @@ __all__ = [
     "SegmentChange",
     "StoredResource",
     "advance_cursor",
+    "bodies_by_id",
     "clear_pending",
     "evaluation_mark",
     "evaluation_targets",
@@ -90,6 +91,7 @@ __all__ = [
     "save_evaluation",
     "save_evaluations",
     "set_evaluation_mark",
+    "stored_bodies",
     "stored_evaluation",
     "stored_evaluations",
     "stored_keys",
@@ -330,7 +332,8 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
         where=newer,
     ).returning(old.resource_type, old.id)
     tracked = _tracking(session)
-    before = _stored_bodies(session, list(rows)) if tracked else {}
+    relevant = [key for key in rows if key[0] in RELEVANT_TYPES]
+    before = stored_bodies(session, relevant) if tracked else {}
     changed = session.execute(stmt, list(rows.values())).all()
     _retie(session, [rows[(t, i)] for t, i in changed])
     if tracked and changed:
@@ -432,25 +435,34 @@ def _tracking(session: Session) -> bool:
     return session.get(PendingEvaluation, EVERYTHING) is None
 
 
-def _stored_bodies(
-    session: Session, keys: list[tuple[str, str]]
+def bodies_by_id(session: Session, resource_type: str, ids: Iterable[str]) -> dict[str, Any]:
+    """The stored bodies (tombstones left out) of one type's resources, by id."""
+    wanted = sorted(set(ids))
+    found: dict[str, Any] = {}
+    for start in range(0, len(wanted), 500):
+        rows = session.execute(
+            select(StoredResource.id, StoredResource.body).where(
+                StoredResource.resource_type == resource_type,
+                StoredResource.id.in_(wanted[start : start + 500]),
+                StoredResource.deleted.is_(False),
+            )
+        )
+        found.update((rid, body) for rid, body in rows)
+    return found
+
+
+def stored_bodies(
+    session: Session, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
+    """The stored bodies (tombstones left out) of the given (type, id) keys."""
     by_type: dict[str, list[str]] = {}
     for resource_type, resource_id in keys:
-        if resource_type in RELEVANT_TYPES:
-            by_type.setdefault(resource_type, []).append(resource_id)
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for resource_type, ids in by_type.items():
-        for start in range(0, len(ids), 500):
-            rows = session.execute(
-                select(StoredResource.id, StoredResource.body).where(
-                    StoredResource.resource_type == resource_type,
-                    StoredResource.id.in_(ids[start : start + 500]),
-                    StoredResource.deleted.is_(False),
-                )
-            )
-            found.update(((resource_type, rid), body) for rid, body in rows)
-    return found
+        by_type.setdefault(resource_type, []).append(resource_id)
+    return {
+        (resource_type, rid): body
+        for resource_type, ids in by_type.items()
+        for rid, body in bodies_by_id(session, resource_type, ids).items()
+    }
 
 
 def note_pending(session: Session, targets: Iterable[str]) -> None:

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from adapter import store
 from adapter.planning import PlanSummary, details_from_index, plan_evaluations
 from adapter.segmenting import bulk_allocation
-from adapter.store_models import Referral, ResourceTie, StoredResource
+from adapter.store_models import Referral, ResourceTie
 from mappings.facts import Facts, PartyFacts, PatientFacts, ReferralFacts, extract
 from mappings.index import ReferralIndex, identifier_aliases
 from mappings.referral import Evaluator, authored_by_source, referral_source
@@ -250,7 +250,7 @@ def _chunk_index(
         for found in _tied(session, wanted) - set(bodies):
             bodies[found] = {}
         missing = [k for k, body in bodies.items() if not body]
-        bodies.update(_bodies(session, missing))
+        bodies.update(store.stored_bodies(session, missing))
         wanted = {
             identifier
             for facts in _facts((b for (t, _), b in bodies.items() if t == "Patient"), on_problem)
@@ -280,25 +280,6 @@ def _tied(session: Session, targets: set[str]) -> set[tuple[str, str]]:
             .distinct()
         )
         found.update((t, i) for t, i in rows)
-    return found
-
-
-def _bodies(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, str], JSON]:
-    by_type: dict[str, list[str]] = {}
-    for resource_type, resource_id in keys:
-        by_type.setdefault(resource_type, []).append(resource_id)
-    found: dict[tuple[str, str], JSON] = {}
-    for resource_type, ids in by_type.items():
-        ids.sort()
-        for start in range(0, len(ids), IN_BATCH):
-            rows = session.execute(
-                select(StoredResource.id, StoredResource.body).where(
-                    StoredResource.resource_type == resource_type,
-                    StoredResource.id.in_(ids[start : start + IN_BATCH]),
-                    StoredResource.deleted.is_(False),
-                )
-            )
-            found.update(((resource_type, rid), body) for rid, body in rows)
     return found
 
 
