@@ -334,21 +334,25 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
     tracked = _tracking(session)
     relevant = [key for key in rows if key[0] in RELEVANT_TYPES]
     before = stored_bodies(session, relevant) if tracked else {}
-    changed = session.execute(stmt, list(rows.values())).all()
-    _retie(session, [rows[(t, i)] for t, i in changed])
+    stored = session.execute(stmt, list(rows.values())).all()
+    changed = [(t, i) for t, i in stored if t in RELEVANT_TYPES]
+    # What each changed resource touches now (a tombstone: nothing), worked out once for its
+    # ties and for the notes.
+    now_touches: dict[tuple[str, str], set[str]] = {
+        key: set() if rows[key]["deleted"] else evaluation_targets(rows[key]["body"])
+        for key in changed
+    }
+    _retie(session, now_touches)
     if tracked and changed:
         targets: set[str] = set()
         for resource_type, resource_id in changed:
-            row = rows[(resource_type, resource_id)]
-            if resource_type in RELEVANT_TYPES:
-                targets.add(f"{resource_type}/{resource_id}")
-            if not row["deleted"]:
-                targets |= evaluation_targets(row["body"])
+            targets.add(f"{resource_type}/{resource_id}")
+            targets |= now_touches[(resource_type, resource_id)]
             old_body = before.get((resource_type, resource_id))
             if old_body is not None:  # what it touched before it changed (or was deleted)
                 targets |= evaluation_targets(old_body)
         note_pending(session, targets)
-    return len(changed)
+    return len(stored)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,21 +410,19 @@ def evaluation_targets(body: dict[str, Any]) -> set[str]:
     return found
 
 
-def _retie(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Replace the ties of the resources just stored (a tombstone keeps none)."""
-    table = cast(Table, ResourceTie.__table__)
-    relevant = [r for r in rows if r["resource_type"] in RELEVANT_TYPES]
-    if not relevant:
+def _retie(session: Session, touches: dict[tuple[str, str], set[str]]) -> None:
+    """Replace the ties of the resources just stored by what each touches now."""
+    if not touches:
         return
+    table = cast(Table, ResourceTie.__table__)
     session.execute(
         delete(table).where(table.c.resource_type == bindparam("t"), table.c.id == bindparam("i")),
-        [{"t": r["resource_type"], "i": r["id"]} for r in relevant],
+        [{"t": resource_type, "i": resource_id} for resource_type, resource_id in touches],
     )
     ties = [
-        {"resource_type": r["resource_type"], "id": r["id"], "target": tie_key(target)}
-        for r in relevant
-        if not r["deleted"]
-        for target in evaluation_targets(r["body"]) - {EVERYTHING}
+        {"resource_type": resource_type, "id": resource_id, "target": tie_key(target)}
+        for (resource_type, resource_id), targets in touches.items()
+        for target in targets - {EVERYTHING}
     ]
     if ties:
         stmt = insert_for(session)(table).on_conflict_do_nothing()

@@ -104,7 +104,9 @@ def evaluate_store(
         chosen = (
             list(briefs)
             if full
-            else _may_have_moved(session, directory, briefs, {t for t, _ in seen}, as_of)
+            else _may_have_moved(
+                session, directory, briefs, present, targets={t for t, _ in seen}, as_of=as_of
+            )
         )
         del briefs
         chosen.sort(key=lambda b: b.key)  # the order of the store, and of the outbox entries
@@ -193,6 +195,8 @@ def _may_have_moved(
     session: Session,
     directory: _Directory,
     briefs: dict[_Brief, datetime | None],
+    present: set[str],
+    *,
     targets: set[str],
     as_of: datetime,
 ) -> list[_Brief]:
@@ -216,7 +220,6 @@ def _may_have_moved(
             sources |= {brief.source, row.source if row is not None else None}
         elif row.arrived_at != authored:  # arrived_at is authoredOn when there is one
             sources.add(brief.source)
-    present = {b.key for b in briefs}
     sources |= {row.source for key, row in stored.items() if key in touched and key not in present}
     sources.discard(None)
     chosen = []
@@ -239,7 +242,7 @@ def _chunk_index(
 ) -> ReferralIndex:
     """The index of one chunk: its referrals, everything tied to them or to their patients,
     the parties, and the store's identifier aliases."""
-    bodies: dict[tuple[str, str], JSON] = {}
+    facts_of: dict[tuple[str, str], list[Facts]] = {}  # each resource read, extracted once
     asked: set[str] = set()
     wanted = {b.key for b in chunk} | {r for b in chunk for r in b.refs}
     for _ in range(2):  # then the identifiers of the patients found
@@ -247,25 +250,24 @@ def _chunk_index(
         if not wanted:
             break
         asked |= wanted
-        for found in _tied(session, wanted) - set(bodies):
-            bodies[found] = {}
-        missing = [k for k, body in bodies.items() if not body]
-        bodies.update(store.stored_bodies(session, missing))
+        new = store.stored_bodies(session, _tied(session, wanted) - set(facts_of))
+        for key, body in new.items():
+            facts_of[key] = list(_facts((body,), on_problem))
         wanted = {
             identifier
-            for facts in _facts((b for (t, _), b in bodies.items() if t == "Patient"), on_problem)
+            for key in new
+            for facts in facts_of[key]
             if isinstance(facts, PatientFacts)
             for identifier in facts.identifiers
         }
     index = ReferralIndex()
     for facts in directory.parties:
         index.add(facts)
-    for _, body in sorted(bodies.items()):  # the same index whatever order the rows came in
-        if body:
-            for facts in _facts((body,), on_problem):
-                index.add(facts)
-    for identifier, key in directory.aliases.items():
-        index.add_alias(identifier, key)
+    for key in sorted(facts_of):  # the same index whatever order the rows came in
+        for facts in facts_of[key]:
+            index.add(facts)
+    for identifier, owner in directory.aliases.items():
+        index.add_alias(identifier, owner)
     return index.build(identify=False)
 
 
