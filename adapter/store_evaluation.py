@@ -13,12 +13,12 @@ rows: Patient, Coverage, Communication, DocumentReference, QuestionnaireResponse
 are read and indexed, evaluated and saved, and let go before the next.
 
 Which referrals may have moved (`_may_have_moved`): those whose data changed since the last
-evaluation (the store notes what each stored change touches, before and after it), every
-referral of a source whose count moved (one of its referrals arrived, left, or changed source
-or authoredOn), and those whose instant of change
-(`Evaluator.evaluate_until`) has come. Everything is evaluated the first time, under other
-rules, after a change to a party, and at an instant earlier than the last evaluation's (which
-saves nothing over later evaluations, and leaves the noted changes for the next).
+evaluation (the store notes what each stored change touches, before and after it), the open
+referrals of a source whose standing moved (it became or stopped being high-relationship:
+`source_standing`), and those whose instant of change (`Evaluator.evaluate_until`) has come.
+Everything is evaluated the first time, under other rules, after a change to a party, and at an
+instant earlier than the last evaluation's (which saves nothing over later evaluations, and
+leaves the noted changes for the next).
 """
 
 from __future__ import annotations
@@ -39,7 +39,13 @@ from adapter.segmenting import bulk_allocation
 from adapter.store_models import Referral, ResourceTie
 from mappings.facts import Facts, PartyFacts, PatientFacts, ReferralFacts, extract
 from mappings.index import ReferralIndex, identifier_aliases
-from mappings.referral import Evaluator, authored_by_source, referral_source
+from mappings.referral import (
+    Evaluator,
+    authored_by_source,
+    is_listed,
+    referral_source,
+    source_standing,
+)
 from mappings.rules import PracticeRules
 
 __all__ = ["CHUNK", "FOREVER", "evaluate_store", "rules_digest"]
@@ -105,7 +111,13 @@ def evaluate_store(
             list(briefs)
             if full
             else _may_have_moved(
-                session, directory, briefs, present, targets={t for t, _ in seen}, as_of=as_of
+                session,
+                directory,
+                briefs,
+                dates,
+                rules,
+                targets={t for t, _ in seen},
+                as_of=as_of,
             )
         )
         del briefs
@@ -194,8 +206,9 @@ def _briefs(
 def _may_have_moved(
     session: Session,
     directory: _Directory,
-    briefs: dict[_Brief, datetime | None],
-    present: set[str],
+    briefs: Iterable[_Brief],
+    dates: dict[str, list[datetime]],
+    rules: PracticeRules,
     *,
     targets: set[str],
     as_of: datetime,
@@ -205,23 +218,25 @@ def _may_have_moved(
     stored = {
         row.key: row
         for row in session.execute(
-            select(Referral.key, Referral.stable_until, Referral.source, Referral.arrived_at)
+            select(Referral.key, Referral.stable_until, Referral.state, Referral.high_relationship)
         )
     }
-    # A source's high-relationship count moves when one of its referrals arrives, leaves, or
-    # changes its source or authoredOn (not when its priority or a note changes: a busy office's
-    # updates would otherwise evaluate all of its referrals again).
-    sources: set[str | None] = set()
-    for brief, authored in briefs.items():
-        if brief.key not in touched:
-            continue
-        row = stored.get(brief.key)
-        if row is None or row.source != brief.source or authored is None:
-            sources |= {brief.source, row.source if row is not None else None}
-        elif row.arrived_at != authored:  # arrived_at is authoredOn when there is one
-            sources.add(brief.source)
-    sources |= {row.source for key, row in stored.items() if key in touched and key not in present}
-    sources.discard(None)
+    # An open referral depends on its source only through the source's standing at `as_of`
+    # (whether it is high-relationship): referrals arriving from a busy source, or ageing out
+    # of its window, leave its other referrals alone until it crosses the threshold. (Their
+    # instant of change need not be looked at: the standing is compared at every evaluation.)
+    listed = frozenset(rules.high_relationship.sources)
+    window, minimum = rules.high_relationship.window_days, rules.high_relationship.min_referrals
+    standings: dict[str, bool] = {}
+
+    def standing(source: str) -> bool:
+        if source not in standings:
+            standings[source] = (
+                is_listed(directory.index, source, listed)
+                or source_standing(dates.get(source, []), as_of, window, minimum)[0]
+            )
+        return standings[source]
+
     chosen = []
     for brief in briefs:
         row = stored.get(brief.key)
@@ -231,7 +246,10 @@ def _may_have_moved(
             or row.stable_until <= as_of
             or brief.key in touched
             or any(store.tie_key(r) in touched for r in brief.refs)
-            or brief.source in sources
+        ) or (
+            row.state == "open"
+            and brief.source is not None
+            and standing(brief.source) != row.high_relationship
         ):
             chosen.append(brief)
     return chosen

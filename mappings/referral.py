@@ -29,7 +29,14 @@ from mappings.index import ReferralIndex
 from mappings.model import MissingDetail, NextAction, Reason, ReferralEvaluation
 from mappings.rules import PracticeRules
 
-__all__ = ["Evaluator", "authored_by_source", "evaluate_all", "referral_source"]
+__all__ = [
+    "Evaluator",
+    "authored_by_source",
+    "evaluate_all",
+    "is_listed",
+    "referral_source",
+    "source_standing",
+]
 
 F = TypeVar("F")
 _KEY = attrgetter("key")
@@ -404,14 +411,9 @@ class Evaluator:
         return reasons
 
     def _source_reasons(self, source: str) -> tuple[list[Reason], datetime | None]:
-        """The source's reasons, and when its count in the window next changes (a referral
-        authored later entering it, or the oldest in it leaving)."""
+        """The source's reasons, and when they next change (`source_standing`)."""
         rules = self.rules.high_relationship
-        # The practice lists a source by reference or by one of its identifiers (system|value).
-        party = self.index.parties.get(source)
-        identifiers = party.identifiers if party else ()
-        names = {source, *(i.removeprefix("identifier:") for i in identifiers)}
-        if names & self._listed_sources:
+        if is_listed(self.index, source, self._listed_sources):
             listed = Reason(
                 segment=HIGH_RELATIONSHIP,
                 because=f"{_name(source)} is on the practice's high-relationship list",
@@ -419,20 +421,13 @@ class Evaluator:
             )
             return [listed], None
         dates = self._source_dates.get(source, [])
-        window = timedelta(days=rules.window_days)
-        start = self.as_of - window
-        end = bisect.bisect_right(dates, self.as_of)
-        first = bisect.bisect_left(dates, start)
-        count = end - first
-        changes = [dates[i] for i in (end,) if i < len(dates)]
-        changes += [dates[i] + window for i in (first,) if i < len(dates)]
-        until = min(changes, default=None)
-        if count >= rules.min_referrals:
+        member, until = source_standing(dates, self.as_of, rules.window_days, rules.min_referrals)
+        if member:
             return [
                 Reason(
                     segment=HIGH_RELATIONSHIP,
-                    because=f"{_name(source)} sent {count} referrals in the "
-                    f"{rules.window_days} days up to the evaluation date",
+                    because=f"{_name(source)} sent {rules.min_referrals} or more referrals in "
+                    f"the {rules.window_days} days up to the evaluation date",
                     expression="ServiceRequest.requester",
                 )
             ], until
@@ -544,6 +539,49 @@ def referral_source(index: ReferralIndex, referral: ReferralFacts) -> str | None
     if party is not None and party.organization is not None:
         return index.resolve(party.organization)
     return requester
+
+
+def is_listed(index: ReferralIndex, source: str, listed: frozenset[str]) -> bool:
+    """Whether the practice lists the source, by reference or by one of its identifiers
+    (system|value)."""
+    party = index.parties.get(source)
+    identifiers = party.identifiers if party else ()
+    return bool({source, *(i.removeprefix("identifier:") for i in identifiers)} & listed)
+
+
+def source_standing(
+    dates: list[datetime], as_of: datetime, window_days: int, min_referrals: int
+) -> tuple[bool, datetime | None]:
+    """Whether a source with referrals authored on the sorted `dates` is high-relationship by
+    its count at `as_of` (at least `min_referrals` in the `window_days` days up to it), and the
+    first instant at which that may stop being so (None: never, by time alone).
+
+    Only the standing counts, not the count itself: a busy source's referrals keep their
+    evaluation while referrals arrive from it and age out of its window, and are evaluated
+    again when it crosses the threshold. As time passes, a referral authored later than
+    `as_of` enters the window on its date and each leaves it `window_days` after its date
+    (taken at that instant, a microsecond early, which only makes the answer earlier)."""
+    window = timedelta(days=window_days)
+    first = bisect.bisect_left(dates, as_of - window)
+    end = bisect.bisect_right(dates, as_of)
+    count = end - first
+    member = count >= min_referrals
+    # (instant, entering, leaving) for each instant at which the count moves, in time order.
+    moves: dict[datetime, list[int]] = {}
+    for date in dates[end:]:
+        moves.setdefault(date, [0, 0])[0] += 1
+    for date in dates[first:]:
+        moves.setdefault(date + window, [0, 0])[1] += 1
+    for instant in sorted(moves):
+        entering, leaving = moves[instant]
+        # At the instant the new ones count and, an instant later, the old ones no longer do:
+        # either may cross the threshold.
+        if (count + entering >= min_referrals) != member:
+            return member, instant
+        count += entering - leaving
+        if (count >= min_referrals) != member:
+            return member, instant
+    return member, None
 
 
 def authored_by_source(

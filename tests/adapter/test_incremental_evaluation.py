@@ -212,7 +212,7 @@ def test_a_change_to_one_referral_moves_the_others_of_its_source(engine: Engine)
     by_source: dict[str, list[Referral]] = {}
     for row in referrals_of(engine):
         counted = any(
-            r.get("segment") == "high-relationship" and " referrals in the " in r["because"]
+            r.get("segment") == "high-relationship" and " or more referrals in the " in r["because"]
             for r in row.evaluation["reasons"]
         )
         if counted and row.source:
@@ -400,3 +400,76 @@ def test_a_referral_changing_but_not_its_date_or_source_leaves_its_source_alone(
     again = evaluated_at(engine, later)
     assert 1 <= again < len(rows) / 2, (source, again, len(rows))
     assert "time-sensitive" in {r.key: r for r in referrals_of(engine)}[first.key].segments
+
+
+def test_a_new_referral_from_a_busy_source_leaves_its_other_referrals_alone(
+    engine: Engine,
+) -> None:
+    # Its count moves, not its standing: the others keep their evaluation (the reason names the
+    # threshold, not the count).
+    as_of = T0 + timedelta(minutes=30)
+    evaluate_store(engine, RULES, as_of, nowhere)
+    by_source: dict[str, list[Referral]] = {}
+    for row in referrals_of(engine):
+        if row.source and row.state == "open" and row.high_relationship:
+            by_source.setdefault(row.source, []).append(row)
+    source, rows = max(by_source.items(), key=lambda item: len(item[1]))
+    assert len(rows) >= 10
+    sr = body(engine, rows[0].key)
+    sr["id"] = "busy-source-new"
+    sr["authoredOn"] = as_of.isoformat()
+    sr.pop("meta", None)
+    put(engine, sr)
+    later = as_of + timedelta(seconds=1)
+    evaluate_store(engine, RULES, later, nowhere)
+    assert_as_a_full_evaluation(engine, later)
+    after = {r.key: r for r in referrals_of(engine)}
+    assert "high-relationship" in after["ServiceRequest/busy-source-new"].segments
+    assert after["ServiceRequest/busy-source-new"].source == source
+    assert evaluated_at(engine, later) < len(rows) / 2, source
+
+
+def test_a_referral_dated_ahead_moves_its_source_once_its_date_has_come(
+    engine: Engine,
+) -> None:
+    # A small source, two referrals in its window: not high-relationship. A third, dated two
+    # hours ahead (a sender's clock), makes it one at that instant; its other referrals, whose
+    # own data did not change, must be evaluated again once it has come.
+    as_of = T0 + timedelta(minutes=30)
+    template = body(engine, referrals_of(engine)[0].key)
+    organization = {"resourceType": "Organization", "id": "small-source", "name": "Small source"}
+    made = []
+    for n, authored in enumerate((as_of - timedelta(hours=12), as_of - timedelta(hours=11))):
+        sr = copy.deepcopy(template)
+        sr.pop("meta", None)
+        sr.update(
+            id=f"small-source-{n}",
+            status="active",
+            requester={"reference": "Organization/small-source"},
+            authoredOn=authored.isoformat(),
+        )
+        sr.pop("occurrenceDateTime", None)
+        sr.pop("occurrencePeriod", None)
+        sr["priority"] = "routine"
+        made.append(sr)
+    put(engine, organization, *made)
+    evaluate_store(engine, RULES, as_of, nowhere)
+    keys = [f"ServiceRequest/small-source-{n}" for n in range(2)]
+    before = {r.key: r for r in referrals_of(engine)}
+    assert all(before[k].state == "open" and not before[k].high_relationship for k in keys)
+    # For another patient: nothing tied to the other two changes.
+    first_patient = template["subject"]["reference"]
+    other = next(r for r in referrals_of(engine) if r.patient and r.patient != first_patient)
+    ahead = copy.deepcopy(made[0])
+    ahead.update(
+        id="small-source-ahead",
+        authoredOn=(as_of + timedelta(hours=2)).isoformat(),
+        subject={"reference": other.patient},
+    )
+    ahead.pop("insurance", None)
+    put(engine, ahead)
+    for moment in (as_of + timedelta(minutes=1), as_of + timedelta(hours=3)):
+        evaluate_store(engine, RULES, moment, nowhere)
+        assert_as_a_full_evaluation(engine, moment)
+    after = {r.key: r for r in referrals_of(engine)}
+    assert all("high-relationship" in after[k].segments for k in keys)
