@@ -45,6 +45,7 @@ __all__ = [
     "follow_up_note",
     "latest_notes",
     "owners",
+    "person",
     "plan_evaluations",
     "reviews",
     "with_people",
@@ -129,33 +130,45 @@ def details_from_store(session: Session, keys: Iterable[str]) -> dict[str, Refer
     return found
 
 
+def person(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """A Patient's name and birth date, as the status updates carry them."""
+    birth = body.get("birthDate")
+    return display_name(body), birth if isinstance(birth, str) else None
+
+
 def with_people(
-    session: Session, details: Mapping[str, ReferralDetails], patients: Mapping[str, str | None]
+    session: Session,
+    details: Mapping[str, ReferralDetails],
+    patients: Mapping[str, str | None],
+    known: Mapping[str, tuple[str | None, str | None]] | None = None,
 ) -> dict[str, ReferralDetails]:
     """The details with the patient's name and birth date (for messages), by referral key;
-    `patients` maps each referral key to its patient key."""
+    `patients` maps each referral key to its patient key. `known`: (name, birth date) by
+    patient key, for patients the caller has just read (the others are read from the store)."""
+    known = known or {}
     ids = {
         patient.partition("/")[2]
         for patient in patients.values()
-        if patient and patient.startswith("Patient/")
+        if patient and patient.startswith("Patient/") and patient not in known
     }
-    bodies = store.bodies_by_id(session, "Patient", ids)
+    people = dict(known)
+    for rid, body in store.bodies_by_id(session, "Patient", ids).items():
+        people[f"Patient/{rid}"] = person(body)
     out: dict[str, ReferralDetails] = {}
     for key, found in details.items():
         patient = patients.get(key)
-        body = bodies.get(patient.partition("/")[2]) if patient else None
-        if body is None:
+        named = people.get(patient) if patient else None
+        if named is None:
             out[key] = found
             continue
-        birth = body.get("birthDate")
         out[key] = ReferralDetails(
             key=found.key,
             request_status=found.request_status,
             requester=found.requester,
             number=found.number,
             received=found.received,
-            patient_name=display_name(body),
-            birth_date=birth if isinstance(birth, str) else None,
+            patient_name=named[0],
+            birth_date=named[1],
             appointment=found.appointment,
             appointment_start=found.appointment_start,
         )
@@ -219,9 +232,11 @@ def plan_evaluations(
     details: Mapping[str, ReferralDetails],
     rules: PracticeRules,
     now: datetime,
+    *,
+    people: Mapping[str, tuple[str | None, str | None]] | None = None,
 ) -> PlanSummary:
     """Queue the Task and status-update writes these evaluations call for (in the caller's
-    transaction, beside the evaluations themselves)."""
+    transaction, beside the evaluations themselves). `people`: as `with_people` takes them."""
     summary = PlanSummary()
     keys = [e["referral"] for e in evaluations if e["referral"] in details]
     if not keys:
@@ -254,9 +269,9 @@ def plan_evaluations(
         )
         if task is None:
             summary.skipped += 1
-        elif task_digest(task) != digest:
+        elif (fingerprint := task_digest(task)) != digest:
             seq += 1
-            digest = task_digest(task)
+            digest = fingerprint
             intents.append(Intent(f"{key}:task:{seq}", key, "task", key, task))
         open_now = evaluation["state"] == "open"
         high = (
@@ -292,6 +307,7 @@ def plan_evaluations(
             session,
             {e["referral"]: details[e["referral"]] for e, _ in fresh},
             {e["referral"]: e.get("patient") for e, _ in fresh},
+            people,
         )
         for evaluation, event in fresh:
             key = evaluation["referral"]

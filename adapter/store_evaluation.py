@@ -34,7 +34,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from adapter import store
-from adapter.planning import PlanSummary, details_from_index, plan_evaluations
+from adapter.planning import PlanSummary, details_from_index, person, plan_evaluations
 from adapter.segmenting import bulk_allocation
 from adapter.store_models import Referral, ResourceTie
 from mappings.facts import Facts, PartyFacts, PatientFacts, ReferralFacts, extract
@@ -123,7 +123,7 @@ def evaluate_store(
         del briefs
         chosen.sort(key=lambda b: b.key)  # the order of the store, and of the outbox entries
         for chunk in _chunks(iter(chosen), CHUNK):
-            index = _chunk_index(session, directory, chunk, on_problem)
+            index, people = _chunk_index(session, directory, chunk, on_problem)
             evaluator = Evaluator(index, rules, as_of, source_dates=dates)
             found = (index.referrals.get(b.key) for b in chunk)
             timed = (evaluator.evaluate_until(r) for r in found if r is not None)
@@ -133,7 +133,7 @@ def evaluate_store(
                 moved += store.save_evaluations(session, evaluations, as_of, until)
                 lines = [e.to_json() for e in evaluations]
                 details = details_from_index(index, (e.referral for e in evaluations))
-                step = plan_evaluations(session, lines, details, rules, now)
+                step = plan_evaluations(session, lines, details, rules, now, people=people)
                 planned.tasks += step.tasks
                 planned.messages += step.messages
                 planned.skipped += step.skipped
@@ -257,10 +257,12 @@ def _may_have_moved(
 
 def _chunk_index(
     session: Session, directory: _Directory, chunk: list[_Brief], on_problem: OnProblem
-) -> ReferralIndex:
+) -> tuple[ReferralIndex, dict[str, tuple[str | None, str | None]]]:
     """The index of one chunk: its referrals, everything tied to them or to their patients,
-    the parties, and the store's identifier aliases."""
+    the parties, and the store's identifier aliases; and the name and birth date of each
+    patient read (for the status updates)."""
     facts_of: dict[tuple[str, str], list[Facts]] = {}  # each resource read, extracted once
+    people: dict[str, tuple[str | None, str | None]] = {}
     asked: set[str] = set()
     wanted = {b.key for b in chunk} | {r for b in chunk for r in b.refs}
     for _ in range(2):  # then the identifiers of the patients found
@@ -271,6 +273,8 @@ def _chunk_index(
         new = store.stored_bodies(session, _tied(session, wanted) - set(facts_of))
         for key, body in new.items():
             facts_of[key] = list(_facts((body,), on_problem))
+            if key[0] == "Patient":
+                people[f"Patient/{key[1]}"] = person(body)
         wanted = {
             identifier
             for key in new
@@ -286,7 +290,7 @@ def _chunk_index(
             index.add(facts)
     for identifier, owner in directory.aliases.items():
         index.add_alias(identifier, owner)
-    return index.build(identify=False)
+    return index.build(identify=False), people
 
 
 def _tied(session: Session, targets: set[str]) -> set[tuple[str, str]]:

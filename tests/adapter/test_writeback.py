@@ -100,6 +100,13 @@ def test_the_evaluation_queues_its_writes(engine: Engine) -> None:
         "ServiceRequest/ref-2:information-requested:records",
         "ServiceRequest/ref-ada-cardio:receipt-confirmed",
     ]
+    # The status updates name the patient for the referring office (the name and birth date
+    # read with the rest of the referral's context).
+    for entry in entries(engine):
+        if entry.kind == "status":
+            text = orjson.dumps(entry.resource).decode()
+            assert "Ada Quill" in text, entry.key
+            assert "1984-07-12" in text, entry.key
     # Evaluating again at the same instant queues nothing more.
     evaluate_store(engine, RULES, AS_OF, problems)
     assert [e.key for e in entries(engine)] == keys
