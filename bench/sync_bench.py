@@ -217,6 +217,12 @@ def main() -> None:
             "floor_s": round(floor_s, 2),
             "sync_s": round(sync_s, 2),
             "ratio": round(sync_s / floor_s, 2),
+            # HAPI's own speed wanders between runs (the same floor took 15 to 28 s in one
+            # run): the ratio of each sync to the floor run just before it, and their median.
+            "pair_ratios": [round(s / f, 2) for f, s in zip(floor_times, sync_times, strict=True)],
+            "pair_ratio_median": round(
+                statistics.median(s / f for f, s in zip(floor_times, sync_times, strict=True)), 2
+            ),
             "adapter_cpu_s_per_1000": round(cpu / resources * 1000, 3),
             "requests_per_referral": round(requests / size, 3),
             "peak_mib": round(max(peaks) / 2**20, 1),
