@@ -5,7 +5,7 @@ as a full evaluation of the same store at the same instant would, on SQLite and 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,17 @@ def put(engine: Engine, *resources: JSON) -> None:
 def referrals_of(engine: Engine) -> list[Referral]:
     with Session(engine) as session:
         return list(session.execute(select(Referral).order_by(Referral.key)).scalars())
+
+
+def busiest_source(
+    engine: Engine, counts: Callable[[Referral], bool] = lambda row: True
+) -> tuple[str, list[Referral]]:
+    """The source with the most stored referrals among those `counts` keeps, and them."""
+    by_source: dict[str, list[Referral]] = {}
+    for row in referrals_of(engine):
+        if row.source and counts(row):
+            by_source.setdefault(row.source, []).append(row)
+    return max(by_source.items(), key=lambda item: len(item[1]))
 
 
 def test_time_alone_moves_only_the_referrals_whose_instant_came(engine: Engine) -> None:
@@ -209,15 +220,13 @@ def test_a_changed_party_or_other_rules_or_an_earlier_instant_evaluate_everythin
 def test_a_change_to_one_referral_moves_the_others_of_its_source(engine: Engine) -> None:
     as_of = T0 + timedelta(minutes=30)
     evaluate_store(engine, RULES, as_of, nowhere)
-    by_source: dict[str, list[Referral]] = {}
-    for row in referrals_of(engine):
-        counted = any(
+    source, rows = busiest_source(
+        engine,
+        lambda row: any(
             r.get("segment") == "high-relationship" and " or more referrals in the " in r["because"]
             for r in row.evaluation["reasons"]
-        )
-        if counted and row.source:
-            by_source.setdefault(row.source, []).append(row)
-    source, rows = max(by_source.items(), key=lambda item: len(item[1]))
+        ),
+    )
     minimum = RULES.high_relationship.min_referrals
     assert len(rows) >= minimum
     # All but min - 1 of the source's referrals (of any state: all count) are back-dated out
@@ -384,11 +393,7 @@ def test_a_referral_changing_but_not_its_date_or_source_leaves_its_source_alone(
 ) -> None:
     as_of = T0 + timedelta(minutes=30)
     evaluate_store(engine, RULES, as_of, nowhere)
-    by_source: dict[str, list[Referral]] = {}
-    for row in referrals_of(engine):
-        if row.source:
-            by_source.setdefault(row.source, []).append(row)
-    source, rows = max(by_source.items(), key=lambda item: len(item[1]))
+    source, rows = busiest_source(engine)
     assert len(rows) >= 10
     first = next(r for r in rows if r.state == "open")
     sr = body(engine, first.key)
@@ -409,11 +414,7 @@ def test_a_new_referral_from_a_busy_source_leaves_its_other_referrals_alone(
     # threshold, not the count).
     as_of = T0 + timedelta(minutes=30)
     evaluate_store(engine, RULES, as_of, nowhere)
-    by_source: dict[str, list[Referral]] = {}
-    for row in referrals_of(engine):
-        if row.source and row.state == "open" and row.high_relationship:
-            by_source.setdefault(row.source, []).append(row)
-    source, rows = max(by_source.items(), key=lambda item: len(item[1]))
+    source, rows = busiest_source(engine, lambda row: row.state == "open" and row.high_relationship)
     assert len(rows) >= 10
     sr = body(engine, rows[0].key)
     sr["id"] = "busy-source-new"
