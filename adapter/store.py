@@ -58,6 +58,7 @@ from mappings.facts import (
 )
 from mappings.fhirtime import parse_instant
 from mappings.model import ReferralEvaluation
+from mappings.references import identifier_keys
 
 __all__ = [
     "EVERYTHING",
@@ -347,10 +348,20 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
         targets: set[str] = set()
         for resource_type, resource_id in changed:
             targets.add(f"{resource_type}/{resource_id}")
-            targets |= now_touches[(resource_type, resource_id)]
             old_body = before.get((resource_type, resource_id))
             if old_body is not None:  # what it touched before it changed (or was deleted)
+                targets |= now_touches[(resource_type, resource_id)]
                 targets |= evaluation_targets(old_body)
+            elif (
+                resource_type in _EVERYTHING_TYPES
+                and not rows[(resource_type, resource_id)]["deleted"]
+            ):
+                # A party new to the store moves only the referrals that name it, as requester
+                # or as a requesting role's organization, by reference or identifier (which did
+                # not resolve until now): a new referring office must not evaluate everything.
+                targets |= new_party_targets(rows[(resource_type, resource_id)]["body"])
+            else:
+                targets |= now_touches[(resource_type, resource_id)]
         note_pending(session, targets)
     return len(stored)
 
@@ -360,7 +371,8 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
 
 EVERYTHING = "*"
 MARK = "referrals"
-# A changed party can move a referral's source, and with it every referral of two sources.
+# A changed party can move a referral's source, and with it every referral of two sources (a
+# new one only the referrals naming it: `new_party_targets`).
 _EVERYTHING_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole"})
 
 
@@ -370,6 +382,11 @@ def tie_key(target: str) -> str:
     if len(target) <= 200:
         return target
     return "sha256:" + hashlib.sha256(target.encode()).hexdigest()
+
+
+def new_party_targets(body: dict[str, Any]) -> set[str]:
+    """What a party new to the store touches: its reference and its identifiers."""
+    return {f"{body.get('resourceType')}/{body.get('id')}", *identifier_keys(body)}
 
 
 def evaluation_targets(body: dict[str, Any]) -> set[str]:

@@ -13,7 +13,8 @@ rows: Patient, Coverage, Communication, DocumentReference, QuestionnaireResponse
 are read and indexed, evaluated and saved, and let go before the next.
 
 Which referrals may have moved (`_may_have_moved`): those whose data changed since the last
-evaluation (the store notes what each stored change touches, before and after it), the open
+evaluation (the store notes what each stored change touches, before and after it; a party new
+to the store touches the referrals naming it, a changed party everything), the open
 referrals of a source whose standing moved (it became or stopped being high-relationship:
 `source_standing`), and those whose instant of change (`Evaluator.evaluate_until`) has come.
 Everything is evaluated the first time, under other rules, after a change to a party, and at an
@@ -74,6 +75,9 @@ class _Brief:
     key: str
     refs: tuple[str, ...]  # subject and insurance, as written and resolved
     source: str | None
+    # The requester and, for a role, its organization, as written and resolved: a party new to
+    # the store moves the referrals that name it.
+    parties: tuple[str, ...] = ()
 
 
 def evaluate_store(
@@ -198,9 +202,21 @@ def _briefs(
             key=facts.key,
             refs=written + resolved,
             source=referral_source(directory.index, facts),
+            parties=_requester_chain(directory, facts.requester),
         )
         found[brief] = facts.authored
     return found
+
+
+def _requester_chain(directory: _Directory, requester: str | None) -> tuple[str, ...]:
+    """The requester as written and resolved, and a role's organization, the same."""
+    chain: list[str] = []
+    resolved = directory.resolve(requester)
+    chain += (r for r in (requester, resolved) if r)
+    party = directory.index.parties.get(resolved) if resolved else None
+    if party is not None and party.organization is not None:
+        chain += (r for r in (party.organization, directory.resolve(party.organization)) if r)
+    return tuple(dict.fromkeys(chain))
 
 
 def _may_have_moved(
@@ -246,6 +262,7 @@ def _may_have_moved(
             or row.stable_until <= as_of
             or brief.key in touched
             or any(store.tie_key(r) in touched for r in brief.refs)
+            or any(store.tie_key(r) in touched for r in brief.parties)
         ) or (
             row.state == "open"
             and brief.source is not None

@@ -474,3 +474,68 @@ def test_a_referral_dated_ahead_moves_its_source_once_its_date_has_come(
         assert_as_a_full_evaluation(engine, moment)
     after = {r.key: r for r in referrals_of(engine)}
     assert all("high-relationship" in after[k].segments for k in keys)
+
+
+def test_a_new_referring_office_moves_only_the_referrals_naming_it(engine: Engine) -> None:
+    # A new office, its role and a referral from it: new parties are routine (every new referring
+    # office), and must not evaluate everything the way a changed party does.
+    total = len(referrals_of(engine))
+    as_of = T0 + timedelta(minutes=30)
+    evaluate_store(engine, RULES, as_of, nowhere)
+    template = body(engine, referrals_of(engine)[0].key)
+    office = {"resourceType": "Organization", "id": "new-office", "name": "New office"}
+    role = {
+        "resourceType": "PractitionerRole",
+        "id": "new-office-role",
+        "organization": {"reference": "Organization/new-office"},
+    }
+    sr = copy.deepcopy(template)
+    sr.pop("meta", None)
+    sr.update(id="from-new-office", requester={"reference": "PractitionerRole/new-office-role"})
+    put(engine, office, role, sr)
+    later = as_of + timedelta(seconds=1)
+    evaluate_store(engine, RULES, later, nowhere)
+    assert_as_a_full_evaluation(engine, later)
+    assert {r.key: r for r in referrals_of(engine)}[
+        "ServiceRequest/from-new-office"
+    ].source == "Organization/new-office"
+    assert evaluated_at(engine, later) < total / 4
+
+
+def test_a_referral_naming_an_office_before_it_arrived_moves_when_it_arrives(
+    engine: Engine,
+) -> None:
+    # The role came first, naming an organization the store does not hold yet; when the
+    # organization arrives, the role's referral takes it as its source (its own data, and its
+    # source's standing, stay as they were).
+    total = len(referrals_of(engine))
+    as_of = T0 + timedelta(minutes=30)
+    template = body(engine, referrals_of(engine)[0].key)
+    role = {
+        "resourceType": "PractitionerRole",
+        "id": "late-office-role",
+        "organization": {"identifier": {"system": "urn:offices", "value": "late"}},
+    }
+    sr = copy.deepcopy(template)
+    sr.pop("meta", None)
+    sr.update(
+        id="from-late-office",
+        status="active",
+        requester={"reference": "PractitionerRole/late-office-role"},
+    )
+    put(engine, role, sr)
+    evaluate_store(engine, RULES, as_of, nowhere)
+    key = "ServiceRequest/from-late-office"
+    assert {r.key: r for r in referrals_of(engine)}[key].source != "Organization/late-office"
+    office = {
+        "resourceType": "Organization",
+        "id": "late-office",
+        "identifier": [{"system": "urn:offices", "value": "late"}],
+        "name": "Late office",
+    }
+    put(engine, office)
+    later = as_of + timedelta(seconds=1)
+    evaluate_store(engine, RULES, later, nowhere)
+    assert_as_a_full_evaluation(engine, later)
+    assert {r.key: r for r in referrals_of(engine)}[key].source == "Organization/late-office"
+    assert evaluated_at(engine, later) < total / 4
