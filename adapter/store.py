@@ -256,20 +256,31 @@ def _row(resource: dict[str, Any], source: str, now: datetime) -> dict[str, Any]
     }
 
 
-def put_resources(session: Session, resources: list[dict[str, Any]], source: str) -> int:
+def put_resources(
+    session: Session,
+    resources: list[dict[str, Any]],
+    source: str,
+    *,
+    touched: set[str] | None = None,
+) -> int:
     """`put_resource` for many resources in one statement; how many were stored or changed.
 
     A page of a sync is one statement instead of one per resource (a row at a time costs most
     of a sync's own time). The same resource twice in one call keeps its newest copy.
+    `touched` collects what the changes touch, as the pending notes would (`_touched_by`),
+    also while changes are not noted (a sync evaluating page by page keeps them itself).
     """
     now = _now()
-    return _upsert(session, [_row(resource, source, now) for resource in resources])
+    rows = [_row(resource, source, now) for resource in resources]
+    return _upsert(session, rows, touched)
 
 
 def mark_deleted(
     session: Session,
     deletions: Iterable[tuple[str, str, str | None, datetime | None]],
     source: str,
+    *,
+    touched: set[str] | None = None,
 ) -> int:
     """Tombstones for resources deleted on the server: (type, id, versionId, when deleted).
 
@@ -294,10 +305,12 @@ def mark_deleted(
                 "deleted": True,
             }
         )
-    return _upsert(session, rows)
+    return _upsert(session, rows, touched)
 
 
-def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
+def _upsert(
+    session: Session, all_rows: list[dict[str, Any]], touched: set[str] | None = None
+) -> int:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for row in all_rows:
         key = (row["resource_type"], row["id"])
@@ -334,7 +347,7 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
     ).returning(old.resource_type, old.id)
     tracked = _tracking(session)
     relevant = [key for key in rows if key[0] in RELEVANT_TYPES]
-    before = stored_bodies(session, relevant) if tracked else {}
+    before = stored_bodies(session, relevant) if tracked or touched is not None else {}
     stored = session.execute(stmt, list(rows.values())).all()
     changed = [(t, i) for t, i in stored if t in RELEVANT_TYPES]
     # What each changed resource touches now (a tombstone: nothing), worked out once for its
@@ -344,26 +357,43 @@ def _upsert(session: Session, all_rows: list[dict[str, Any]]) -> int:
         for key in changed
     }
     _retie(session, now_touches)
-    if tracked and changed:
-        targets: set[str] = set()
-        for resource_type, resource_id in changed:
-            targets.add(f"{resource_type}/{resource_id}")
-            old_body = before.get((resource_type, resource_id))
-            if old_body is not None:  # what it touched before it changed (or was deleted)
-                targets |= now_touches[(resource_type, resource_id)]
-                targets |= evaluation_targets(old_body)
-            elif (
-                resource_type in _EVERYTHING_TYPES
-                and not rows[(resource_type, resource_id)]["deleted"]
-            ):
-                # A party new to the store moves only the referrals that name it, as requester
-                # or as a requesting role's organization, by reference or identifier (which did
-                # not resolve until now): a new referring office must not evaluate everything.
-                targets |= new_party_targets(rows[(resource_type, resource_id)]["body"])
-            else:
-                targets |= now_touches[(resource_type, resource_id)]
-        note_pending(session, targets)
+    if changed and tracked:
+        note_pending(session, _touched_by(changed, rows, before, now_touches))
+    if changed and touched is not None:
+        touched |= _touched_by(changed, rows, before, now_touches, referral_itself=True)
     return len(stored)
+
+
+def _touched_by(
+    changed: list[tuple[str, str]],
+    rows: dict[tuple[str, str], dict[str, Any]],
+    before: dict[tuple[str, str], Any],
+    now_touches: dict[tuple[str, str], set[str]],
+    *,
+    referral_itself: bool = False,
+) -> set[str]:
+    """What the changed resources touch, before and after their change. `referral_itself`:
+    a changed ServiceRequest touches itself only (no other referral's evaluation reads it,
+    only the count of its source, which `PageEvaluation` follows itself)."""
+    targets: set[str] = set()
+    for resource_type, resource_id in changed:
+        targets.add(f"{resource_type}/{resource_id}")
+        if referral_itself and resource_type == "ServiceRequest":
+            continue
+        old_body = before.get((resource_type, resource_id))
+        if old_body is not None:  # what it touched before it changed (or was deleted)
+            targets |= now_touches[(resource_type, resource_id)]
+            targets |= evaluation_targets(old_body)
+        elif (
+            resource_type in _EVERYTHING_TYPES and not rows[(resource_type, resource_id)]["deleted"]
+        ):
+            # A party new to the store moves only the referrals that name it, as requester
+            # or as a requesting role's organization, by reference or identifier (which did
+            # not resolve until now): a new referring office must not evaluate everything.
+            targets |= new_party_targets(rows[(resource_type, resource_id)]["body"])
+        else:
+            targets |= now_touches[(resource_type, resource_id)]
+    return targets
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,14 +19,17 @@ referrals of a source whose standing moved (it became or stopped being high-rela
 `source_standing`), and those whose instant of change (`Evaluator.evaluate_until`) has come.
 Everything is evaluated the first time, under other rules, after a change to a party, and at an
 instant earlier than the last evaluation's (which saves nothing over later evaluations, and
-leaves the noted changes for the next).
+leaves the noted changes for the next). A sync's first evaluation of a store is made page by
+page instead, while the sync fetches (`PageEvaluation`), and ends with an `evaluate_store` of
+the referrals it could not settle.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -39,7 +42,7 @@ from adapter.planning import PlanSummary, details_from_index, person, plan_evalu
 from adapter.segmenting import bulk_allocation
 from adapter.store_models import Referral, ResourceTie
 from mappings.facts import Facts, PartyFacts, PatientFacts, ReferralFacts, extract
-from mappings.index import ReferralIndex, identifier_aliases
+from mappings.index import ReferralIndex
 from mappings.referral import (
     Evaluator,
     authored_by_source,
@@ -49,7 +52,7 @@ from mappings.referral import (
 )
 from mappings.rules import PracticeRules
 
-__all__ = ["CHUNK", "FOREVER", "evaluate_store", "rules_digest"]
+__all__ = ["CHUNK", "FOREVER", "PageEvaluation", "evaluate_store", "rules_digest"]
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -57,6 +60,8 @@ CHUNK = 1000  # referrals evaluated (and held) at a time
 SAVE_CHUNK = 500
 IN_BATCH = 500  # keys per IN (...) list
 PARTY_TYPES = ("Organization", "Practitioner", "PractitionerRole")
+# What a `PageEvaluation` reads of a stored page (the rest it reads back from the store).
+_PAGE_TYPES = frozenset({*PARTY_TYPES, "Patient", "ServiceRequest"})
 # An evaluation that time alone never changes (no dates at all).
 FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
 
@@ -86,10 +91,15 @@ def evaluate_store(
     as_of: datetime,
     on_problem: OnProblem,
     plan: PlanSummary | None = None,
+    *,
+    done: Collection[str] = (),
 ) -> tuple[int, int, int]:
     """Evaluate the stored referrals that may have moved and save them, with the write-back
     they call for queued in the outbox in the same transaction; (referrals, how many changed
-    state or segments, how many left the store). `plan` collects how many writes were queued."""
+    state or segments, how many left the store). `plan` collects how many writes were queued.
+    `done`: referrals a `PageEvaluation` evaluated at `as_of` already, under these rules, with
+    everything the store holds about them now; a first evaluation leaves them alone (unless
+    their source's standing moved since)."""
     digest = rules_digest(rules)
     with Session(engine) as session:
         mark = store.evaluation_mark(session)
@@ -111,36 +121,33 @@ def evaluate_store(
             briefs = _briefs(session, directory, rules, on_problem)
         present = {b.key for b in briefs}
         dates = authored_by_source((b.source, authored) for b, authored in briefs.items())
-        chosen = (
-            list(briefs)
-            if full
-            else _may_have_moved(
+        if full and not done:
+            chosen = list(briefs)
+        else:
+            chosen = _may_have_moved(
                 session,
                 directory,
                 briefs,
                 dates,
                 rules,
-                targets={t for t, _ in seen},
+                targets=set() if full else {t for t, _ in seen},
                 as_of=as_of,
+                only=frozenset(done) if full else None,
             )
-        )
         del briefs
         chosen.sort(key=lambda b: b.key)  # the order of the store, and of the outbox entries
         for chunk in _chunks(iter(chosen), CHUNK):
-            index, people = _chunk_index(session, directory, chunk, on_problem)
-            evaluator = Evaluator(index, rules, as_of, source_dates=dates)
-            found = (index.referrals.get(b.key) for b in chunk)
-            timed = (evaluator.evaluate_until(r) for r in found if r is not None)
-            for part in _chunks(timed, SAVE_CHUNK):
-                evaluations = [e for e, _ in part]
-                until = {e.referral: moment or FOREVER for e, moment in part}
-                moved += store.save_evaluations(session, evaluations, as_of, until)
-                lines = [e.to_json() for e in evaluations]
-                details = details_from_index(index, (e.referral for e in evaluations))
-                step = plan_evaluations(session, lines, details, rules, now, people=people)
-                planned.tasks += step.tasks
-                planned.messages += step.messages
-                planned.skipped += step.skipped
+            moved += _evaluate_chunk(
+                session,
+                directory,
+                chunk,
+                rules=rules,
+                as_of=as_of,
+                dates=dates,
+                on_problem=on_problem,
+                now=now,
+                planned=planned,
+            )[0]
         removed = store.remove_referrals(session, present, as_of)
         if mark is None or as_of >= mark.as_of:
             store.clear_pending(session, seen)
@@ -148,17 +155,196 @@ def evaluate_store(
     return len(present), moved, removed
 
 
-class _Directory:
-    """The parties and the identifier aliases of the whole store."""
+def _evaluate_chunk(
+    session: Session,
+    directory: _Directory,
+    chunk: list[_Brief],
+    *,
+    rules: PracticeRules,
+    as_of: datetime,
+    dates: dict[str, list[datetime]],
+    on_problem: OnProblem,
+    now: datetime,
+    planned: PlanSummary,
+) -> tuple[int, ReferralIndex]:
+    """Evaluate, save and plan the write-back of one chunk of referrals; how many moved, and
+    the chunk's index."""
+    moved = 0
+    index, people = _chunk_index(session, directory, chunk, on_problem)
+    evaluator = Evaluator(index, rules, as_of, source_dates=dates)
+    found = (index.referrals.get(b.key) for b in chunk)
+    timed = (evaluator.evaluate_until(r) for r in found if r is not None)
+    for part in _chunks(timed, SAVE_CHUNK):
+        evaluations = [e for e, _ in part]
+        until = {e.referral: moment or FOREVER for e, moment in part}
+        moved += store.save_evaluations(session, evaluations, as_of, until)
+        lines = [e.to_json() for e in evaluations]
+        details = details_from_index(index, (e.referral for e in evaluations))
+        step = plan_evaluations(session, lines, details, rules, now, people=people)
+        planned.tasks += step.tasks
+        planned.messages += step.messages
+        planned.skipped += step.skipped
+    return moved, index
 
-    def __init__(self, parties: list[Facts], aliases: dict[str, str]) -> None:
-        self.parties = parties
-        self.aliases = aliases
+
+class PageEvaluation:
+    """A store's first evaluation, made page by page while a sync fetches the next pages.
+
+    A first sync stores every referral, and evaluating them all after the last page held the
+    sync's end back by a third of its time. Instead, after each stored page the sync hands over
+    the page's stored resources and what their changes touched (`store.put_resources`'s
+    `touched`), and the referrals changed on that page are evaluated there and then (read back
+    from the store, as `evaluate_store` reads them) when nothing still to come can move them:
+    - their requester, and a requesting role's organization, are in the store (the source is
+      known), and
+    - the source is high-relationship already or on the practice's list, or there is none: at
+      the fixed `as_of`, more referrals can only raise a source's standing, so a source that
+      is not high-relationship yet may still become one, and its referrals wait.
+    The referrals that wait are evaluated at the end, by `evaluate_store` with `done` (which
+    also checks each source's standing once more). A referral evaluated here that a later
+    change touches (its patient corrected, a Coverage added, a changed party: as the pending
+    notes would say, `store.evaluation_targets`) is no longer done, and is evaluated again at
+    the end.
+
+    Held in memory: the directory (parties and identifiers), each referral's source and
+    authoredOn, and, for each referral evaluated here, the references it was read through.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        rules: PracticeRules,
+        as_of: datetime,
+        on_problem: OnProblem,
+        plan: PlanSummary,
+    ) -> None:
+        self.engine = engine
+        self.rules = rules
+        self.as_of = as_of
+        self.on_problem = on_problem
+        self.plan = plan
+        self.now = datetime.now(UTC)
+        self.moved = 0
+        self.done: set[str] = set()  # evaluated here, and untouched since
+        self.waiting = 0  # referrals left for the end, so far
+        self._watch: dict[str, list[str]] = {}  # target -> referrals evaluated reading it
+        self._authored: dict[str, tuple[str | None, datetime | None]] = {}
+        self.dates: dict[str, list[datetime]] = {}  # by source, sorted (`authored_by_source`)
+        self._listed = frozenset(rules.high_relationship.sources)
+        with Session(engine) as session, bulk_allocation():  # a resumed sync's store
+            self.directory = _Directory.read(session, on_problem)
+            for brief, authored in _briefs(session, self.directory, rules, on_problem).items():
+                self._date(brief.key, brief.source, authored)
+
+    def _date(self, key: str, source: str | None, authored: datetime | None) -> None:
+        """The referral's source and authoredOn, in place of what it had before."""
+        before = self._authored.pop(key, (None, None))
+        if before[0] is not None and before[1] is not None:
+            self.dates[before[0]].remove(before[1])
+        if source is not None and authored is not None:
+            bisect.insort(self.dates.setdefault(source, []), authored)
+        self._authored[key] = (source, authored)
+
+    def stored(self, resources: Iterable[JSON], gone: Iterable[str], touched: set[str]) -> None:
+        """After a page was stored: its readable resources, the keys it deleted, and what its
+        changes touched."""
+        self._forget({store.tie_key(t) for t in touched})
+        gone = list(gone)
+        changed = [
+            body
+            for body in resources
+            if body.get("resourceType") in _PAGE_TYPES
+            and f"{body.get('resourceType')}/{body.get('id')}" in touched
+        ]
+        facts = list(_facts(changed, self.on_problem))
+        self.directory.update(facts, gone)
+        for key in gone:
+            if key in self._authored:
+                self._date(key, None, None)
+        page: list[tuple[_Brief, ReferralFacts]] = []
+        for fact in facts:
+            if not isinstance(fact, ReferralFacts) or "#" in fact.key:
+                continue
+            if not self.rules.is_referral(fact.categories):
+                continue
+            brief = _brief(self.directory, fact)
+            self._date(fact.key, brief.source, fact.authored)
+            page.append((brief, fact))
+        ready = sorted((b for b, f in page if self._settled(b, f)), key=lambda b: b.key)
+        self.waiting += len(page) - len(ready)
+        if not ready:
+            return
+        with Session(self.engine) as session, session.begin():
+            moved, index = _evaluate_chunk(
+                session,
+                self.directory,
+                ready,
+                rules=self.rules,
+                as_of=self.as_of,
+                dates=self.dates,
+                on_problem=self.on_problem,
+                now=self.now,
+                planned=self.plan,
+            )
+        self.moved += moved
+        for brief in ready:
+            self.done.add(brief.key)
+            subject = index.patients.get(index.resolve(brief.refs[0]) or "") if brief.refs else None
+            read = {brief.key, *brief.refs, *(subject.identifiers if subject else ())}
+            for target in read:
+                self._watch.setdefault(store.tie_key(target), []).append(brief.key)
+
+    def _forget(self, touched: set[str]) -> None:
+        """The referrals evaluated here that a change touched are no longer done."""
+        if store.EVERYTHING in touched:
+            self.done.clear()
+            self._watch.clear()
+            return
+        for target in touched:
+            for key in self._watch.pop(target, ()):
+                self.done.discard(key)
+
+    def _settled(self, brief: _Brief, facts: ReferralFacts) -> bool:
+        """Whether nothing still to come can move the referral (see the class)."""
+        if facts.requester is None:
+            return True
+        directory = self.directory
+        party = directory.index.parties.get(directory.resolve(facts.requester) or "")
+        if party is None:
+            return False
+        if party.organization is not None and (
+            directory.resolve(party.organization) not in directory.index.parties
+        ):
+            return False
+        source = brief.source
+        if source is None or is_listed(directory.index, source, self._listed):
+            return True
+        rules = self.rules.high_relationship
+        dates = self.dates.get(source, [])
+        return source_standing(dates, self.as_of, rules.window_days, rules.min_referrals)[0]
+
+    def finish(self) -> tuple[int, int, int]:
+        """The end of the sync: the rest of the evaluation (`evaluate_store`)."""
+        referrals, moved, removed = evaluate_store(
+            self.engine, self.rules, self.as_of, self.on_problem, self.plan, done=self.done
+        )
+        return referrals, moved + self.moved, removed
+
+
+class _Directory:
+    """The parties and the identifier aliases of the whole store (kept in step with the pages
+    a sync stores, for `PageEvaluation`: `update`)."""
+
+    def __init__(self, parties: Iterable[Facts], holders: Iterable[PatientFacts | PartyFacts]):
+        self.parties: dict[str, Facts] = {f.key: f for f in parties}
+        self._held: dict[str, tuple[str, ...]] = {}  # key -> identifiers it carries
+        self._owners: dict[str, set[str]] = {}  # identifier -> keys carrying it
+        self.aliases: dict[str, str] = {}  # identifier -> the one key carrying it
         self.index = ReferralIndex()
-        for facts in parties:
+        for facts in self.parties.values():
             self.index.add(facts)
-        for identifier, key in aliases.items():
-            self.index.add_alias(identifier, key)
+        for holder in holders:
+            self._hold(holder.key, holder.identifiers)
         self.index.build(identify=False)
 
     @classmethod
@@ -171,10 +357,43 @@ class _Directory:
                 if isinstance(facts, PatientFacts) and facts.identifiers:
                     yield facts
 
-        return cls(parties, identifier_aliases(holders()))
+        return cls(parties, holders())
 
     def resolve(self, reference: str | None) -> str | None:
         return self.index.resolve(reference)
+
+    def update(self, facts: Iterable[Facts], gone: Iterable[str] = ()) -> None:
+        """Stored parties and patients (their newest version), and deleted keys."""
+        for key in gone:
+            if self.parties.pop(key, None) is not None:
+                self.index.parties.pop(key, None)
+            self._hold(key, ())
+        for fact in facts:
+            if isinstance(fact, PartyFacts):
+                self.parties[fact.key] = fact
+                self.index.add(fact)
+            if isinstance(fact, PatientFacts | PartyFacts):
+                self._hold(fact.key, fact.identifiers)
+
+    def _hold(self, key: str, identifiers: tuple[str, ...]) -> None:
+        """`key` now carries `identifiers` (and no others): a reference by identifier resolves
+        to the one resource carrying it (`identifier_aliases`)."""
+        before = self._held.pop(key, ())
+        if identifiers:
+            self._held[key] = identifiers
+        for identifier in {*before, *identifiers}:
+            owners = self._owners.setdefault(identifier, set())
+            owners.discard(key)
+            if identifier in identifiers:
+                owners.add(key)
+            if len(owners) == 1:
+                self.aliases[identifier] = next(iter(owners))
+                self.index.add_alias(identifier, self.aliases[identifier])
+            else:
+                self.aliases.pop(identifier, None)
+                self.index.drop_alias(identifier)
+            if not owners:
+                del self._owners[identifier]
 
 
 def _facts(bodies: Iterable[JSON], on_problem: OnProblem) -> Iterator[Facts]:
@@ -196,16 +415,19 @@ def _briefs(
             continue
         if not rules.is_referral(facts.categories):
             continue
-        written = tuple(r for r in (facts.subject, *facts.insurance) if r)
-        resolved = tuple(k for k in map(directory.resolve, written) if k and k not in written)
-        brief = _Brief(
-            key=facts.key,
-            refs=written + resolved,
-            source=referral_source(directory.index, facts),
-            parties=_requester_chain(directory, facts.requester),
-        )
-        found[brief] = facts.authored
+        found[_brief(directory, facts)] = facts.authored
     return found
+
+
+def _brief(directory: _Directory, facts: ReferralFacts) -> _Brief:
+    written = tuple(r for r in (facts.subject, *facts.insurance) if r)
+    resolved = tuple(k for k in map(directory.resolve, written) if k and k not in written)
+    return _Brief(
+        key=facts.key,
+        refs=written + resolved,
+        source=referral_source(directory.index, facts),
+        parties=_requester_chain(directory, facts.requester),
+    )
 
 
 def _requester_chain(directory: _Directory, requester: str | None) -> tuple[str, ...]:
@@ -228,8 +450,10 @@ def _may_have_moved(
     *,
     targets: set[str],
     as_of: datetime,
+    only: frozenset[str] | None = None,
 ) -> list[_Brief]:
-    """The referrals an incremental evaluation must evaluate again."""
+    """The referrals an incremental evaluation must evaluate again. `only`: the referrals whose
+    stored evaluation counts (the others are evaluated whatever it says)."""
     touched = targets | {k for k in map(directory.resolve, targets) if k}
     stored = {
         row.key: row
@@ -255,7 +479,7 @@ def _may_have_moved(
 
     chosen = []
     for brief in briefs:
-        row = stored.get(brief.key)
+        row = stored.get(brief.key) if only is None or brief.key in only else None
         if (
             row is None
             or row.stable_until is None
@@ -300,7 +524,7 @@ def _chunk_index(
             for identifier in facts.identifiers
         }
     index = ReferralIndex()
-    for facts in directory.parties:
+    for facts in directory.parties.values():
         index.add(facts)
     for key in sorted(facts_of):  # the same index whatever order the rows came in
         for facts in facts_of[key]:

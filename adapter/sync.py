@@ -29,9 +29,11 @@ Resources the base definition refuses are quarantined with their reason (element
 values) and the rest are stored.
 
 Afterwards the stored referrals that may have moved are evaluated at `as_of` and saved
-(`evaluate_store`: those whose data changed, those of a source whose count changed, and those
-whose instant of change has come as time moved); a change of state or segments is appended to
-the segment history.
+(`evaluate_store`: those whose data changed, the open referrals of a source whose standing
+moved, and those whose instant of change has come as time moved); a change of state or segments
+is appended to the segment history. A store never evaluated is evaluated page by page instead,
+each page once it is stored, while the fetching thread fetches the next ones
+(`PageEvaluation`); what could not be settled on its page is evaluated at the end.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from adapter import store
 from adapter.fhir_client import FhirClient
 from adapter.planning import PlanSummary
 from adapter.segmenting import bulk_allocation, index_resources
-from adapter.store_evaluation import evaluate_store
+from adapter.store_evaluation import PageEvaluation, evaluate_store
 from mappings.base_validation import validate_resource
 from mappings.fhirtime import parse_instant
 from mappings.references import references_at
@@ -241,8 +243,10 @@ class _Run:
         page_size: int,
         summary: SyncSummary,
         on_event: OnEvent | None,
+        pages: PageEvaluation | None = None,
     ) -> None:
         self.client = client
+        self.pages = pages
         self.engine = engine
         self.base_url = client.base_url
         self.started = started
@@ -370,9 +374,14 @@ class _Run:
                     summary.quarantined += 1
                     continue
                 readable.append(resource)
-            summary.changed += store.put_resources(session, readable, self.base_url)
+            touched: set[str] | None = set() if self.pages is not None else None
+            summary.changed += store.put_resources(
+                session, readable, self.base_url, touched=touched
+            )
             if deletions:
-                summary.deleted += store.mark_deleted(session, deletions, self.base_url)
+                summary.deleted += store.mark_deleted(
+                    session, deletions, self.base_url, touched=touched
+                )
             if self._known is not None:  # kept in step instead of read again
                 self._known.update(k for k in map(_key, readable) if k)
                 self._known.difference_update(f"{d[0]}/{d[1]}" for d in deletions)
@@ -383,6 +392,8 @@ class _Run:
                 store.advance_cursor(
                     session, self.base_url, cursor[0], min(cursor[1], self.started)
                 )
+        if self.pages is not None and touched is not None:  # once the page is stored
+            self.pages.stored(readable, (f"{d[0]}/{d[1]}" for d in deletions), touched)
 
     def _emit(self, step: str, resource_type: str, page: JSON, matches: int, count: int) -> None:
         if self.on_event is None:
@@ -661,9 +672,14 @@ def run_sync(
     base_url = client.base_url
     with Session(engine) as session:
         cursors = {t: store.get_cursor(session, base_url, t) for t in SYNC_TYPES}
-    # A context type's first sync is the referral query's includes: its changes are read from
-    # the first page on, also when this sync is killed and the next one resumes it.
+        # A context type's first sync is the referral query's includes: its changes are read from
+        # the first page on, also when this sync is killed and the next one resumes it.
+        first = store.evaluation_mark(session) is None
     fresh = [t for t in CONTEXT_TYPES if cursors[t] is None]
+    plan = PlanSummary()
+    evaluate_at = as_of or started
+    # A store never evaluated is evaluated page by page, while the next pages are fetched.
+    pages = PageEvaluation(engine, rules, evaluate_at, on_problem, plan) if first else None
     run = _Run(
         client,
         engine,
@@ -672,6 +688,7 @@ def run_sync(
         page_size=page_size,
         summary=summary,
         on_event=on_event,
+        pages=pages,
     )
     referral_cursor = cursors["ServiceRequest"]
     if referral_cursor is not None:
@@ -681,9 +698,10 @@ def run_sync(
         cursor = cursors[resource_type]
         if cursor is not None:
             run.changes(resource_type, cursor)
-    plan = PlanSummary()
-    summary.referrals, summary.moved, summary.removed = evaluate_store(
-        engine, rules, as_of or started, on_problem, plan
+    summary.referrals, summary.moved, summary.removed = (
+        pages.finish()
+        if pages is not None
+        else evaluate_store(engine, rules, evaluate_at, on_problem, plan)
     )
     summary.planned_tasks, summary.planned_messages = plan.tasks, plan.messages
     summary.seconds = time.perf_counter() - clock

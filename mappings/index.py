@@ -68,6 +68,10 @@ class ReferralIndex:
         if name != key:
             self._aliases[name] = key
 
+    def drop_alias(self, name: str) -> None:
+        """Forget an alias (an identifier that came to be carried by two resources)."""
+        self._aliases.pop(name, None)
+
     def resolve(self, reference: str | None) -> str | None:
         """The key a reduced reference stands for (through fullUrl and identifier aliases)."""
         if reference is None:

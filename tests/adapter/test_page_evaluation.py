@@ -1,0 +1,267 @@
+"""A first sync evaluates page by page (adapter.store_evaluation.PageEvaluation): the referrals
+that nothing still to come can move are evaluated while the next pages are fetched, the others
+at the end, and the store ends exactly as a full evaluation of it at the same instant, with one
+history row per referral, also when the server changes between two pages. On SQLite and
+PostgreSQL, against the scripted server (tests/adapter/minifhir.py)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from adapter import store
+from adapter.fhir_client import FhirClient
+from adapter.http_policy import RetryPolicy, make_http_client
+from adapter.practice_rules import default_rules
+from adapter.store_models import Referral, SegmentChange
+from adapter.sync import SyncSummary, evaluate_stored, run_sync
+from adapter.synth import iter_resources
+from mappings.rules import PracticeRules, merge_rules, parse_rules
+from tests.adapter.minifhir import BASE, MiniServer
+
+JSON = dict[str, Any]
+AS_OF = datetime(2026, 12, 3, 12, tzinfo=UTC)
+PAGE = 10
+RULES = default_rules()
+# Every source high-relationship from its first referral: every referral settles on its page.
+ONE_IS_ENOUGH = parse_rules(
+    merge_rules(RULES.model_dump(mode="json"), {"high_relationship": {"min_referrals": 1}}),
+    "test",
+)
+
+
+def nowhere(where: str, what: str) -> None:
+    raise AssertionError((where, what))
+
+
+@pytest.fixture
+def server() -> Iterator[MiniServer]:
+    scripted = MiniServer()
+    for resource in iter_resources(60, 5, AS_OF.replace(hour=0)):
+        scripted.put(resource)
+    with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        router.route().mock(side_effect=scripted.handle)
+        yield scripted
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    store.upgrade(db_url)
+    made = store.make_engine(db_url)
+    yield made
+    made.dispose()
+
+
+def sync(engine: Engine, rules: PracticeRules, counts: list[int] | None = None) -> SyncSummary:
+    """A sync of the scripted server; `counts`: the stored referrals at each page event."""
+
+    def on_event(event: JSON) -> None:
+        if counts is not None and event["event"] == "page" and event["step"] == "referrals":
+            with Session(engine) as session:
+                counts.append(session.scalar(select(func.count()).select_from(Referral)) or 0)
+
+    policy = RetryPolicy(max_attempts=2, sleep=lambda seconds: None)
+    with make_http_client() as http:
+        return run_sync(
+            FhirClient(BASE, http, policy=policy),
+            engine,
+            rules,
+            on_problem=nowhere,
+            on_event=on_event,
+            as_of=AS_OF,
+            page_size=PAGE,
+        )
+
+
+def evaluations(engine: Engine) -> dict[str, JSON]:
+    with Session(engine) as session:
+        return dict(session.execute(select(Referral.key, Referral.evaluation)).all())
+
+
+def history(engine: Engine) -> dict[str, int]:
+    with Session(engine) as session:
+        rows = session.execute(
+            select(SegmentChange.referral_key, func.count()).group_by(SegmentChange.referral_key)
+        )
+        return dict(rows.all())
+
+
+def assert_as_a_full_evaluation(engine: Engine, rules: PracticeRules) -> None:
+    fresh = {e.referral: e.to_json() for e in evaluate_stored(engine, rules, AS_OF, nowhere)}
+    assert evaluations(engine) == fresh
+
+
+def on_last_page(server: MiniServer, change: Any) -> None:
+    """Run `change` once, when the referral search's last page is asked for."""
+    referrals = sum(k.startswith("ServiceRequest/") for k in server.current)
+    last = str(-(-referrals // PAGE))
+
+    def fault(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path.endswith("/ServiceRequest") and request.url.params.get("page") == last:
+            server.fault = lambda request: None
+            change()
+        return None
+
+    server.fault = fault
+
+
+def test_a_first_sync_evaluates_while_it_fetches_and_ends_as_a_full_evaluation(
+    server: MiniServer, engine: Engine
+) -> None:
+    counts: list[int] = []
+    summary = sync(engine, RULES, counts)
+    referrals = evaluations(engine)
+    assert len(referrals) == summary.referrals >= 55
+    assert len(counts) >= 6
+    # Evaluated page by page: rows from the first pages on, before the last page came...
+    assert 0 < counts[len(counts) // 2] < counts[-2]
+    # ...and not all of them: the referrals of a source not yet high-relationship waited for
+    # the end, when its standing was known.
+    assert counts[-1] < len(referrals)
+    assert_as_a_full_evaluation(engine, RULES)
+    assert set(history(engine).values()) == {1}  # one first sighting each
+    assert summary.moved == len(referrals)
+    high = [e for e in referrals.values() if "high-relationship" in e["segments"]]
+    assert high, "no source became high-relationship: the waiting was not exercised"
+
+
+def first_referral(server: MiniServer) -> JSON:
+    return next(r for k, r in server.current.items() if k.startswith("ServiceRequest/"))
+
+
+def late_referral(server: MiniServer, like: JSON) -> None:
+    """A referral like `like` (its patient, its requester) put last: on the last page."""
+    late = copy.deepcopy(like)
+    late["id"] = "late-referral"
+    late.pop("meta", None)
+    server.put(late)
+
+
+def test_a_patient_changed_between_pages_is_evaluated_again_at_the_end(
+    server: MiniServer, engine: Engine
+) -> None:
+    first = first_referral(server)
+    patient_key = first["subject"]["reference"]
+    assert server.current[patient_key].get("telecom")
+    late_referral(server, first)
+
+    def lose_the_phone() -> None:
+        patient = copy.deepcopy(server.current[patient_key])
+        patient.pop("meta")
+        patient["telecom"] = [t for t in patient["telecom"] if t.get("system") == "email"]
+        server.put(patient)
+
+    on_last_page(server, lose_the_phone)
+    sync(engine, ONE_IS_ENOUGH)
+    assert_as_a_full_evaluation(engine, ONE_IS_ENOUGH)
+    key = f"ServiceRequest/{first['id']}"
+    evaluation = evaluations(engine)[key]
+    assert any("no phone or SMS number" in m["detail"] for m in evaluation["missing"])
+    # First seen with the phone on the first page, then without it on the last.
+    assert history(engine)[key] == 2
+
+
+def test_a_party_changed_between_pages_evaluates_everything_again(
+    server: MiniServer, engine: Engine
+) -> None:
+    first = first_referral(server)
+    role_key = first["requester"]["reference"]
+    assert role_key.startswith("PractitionerRole/"), role_key
+    before = server.current[role_key]["organization"]["reference"]
+    other = next(k for k in server.current if k.startswith("Organization/") and k != before)
+    late_referral(server, first)
+
+    def move_the_role() -> None:
+        role = copy.deepcopy(server.current[role_key])
+        role.pop("meta")
+        role["organization"] = {"reference": other}
+        server.put(role)
+
+    on_last_page(server, move_the_role)
+    sync(engine, ONE_IS_ENOUGH)
+    assert_as_a_full_evaluation(engine, ONE_IS_ENOUGH)
+    assert evaluations(engine)[f"ServiceRequest/{first['id']}"]["source"] == other
+
+
+def test_a_coverage_naming_an_evaluated_patient_by_identifier_is_read_at_the_end(
+    server: MiniServer, engine: Engine
+) -> None:
+    uninsured = {
+        k
+        for k, r in server.current.items()
+        if k.startswith("Patient/")
+        and not any(
+            c.get("beneficiary", {}).get("reference") == k
+            for key, c in server.current.items()
+            if key.startswith("Coverage/")
+        )
+    }
+    referral = next(
+        r
+        for k, r in server.current.items()
+        if k.startswith("ServiceRequest/") and r["subject"]["reference"] in uninsured
+    )
+    patient = server.current[referral["subject"]["reference"]]
+    # The Coverage comes as the insurance of another patient's referral, on the last page:
+    # nothing else on that page touches the uninsured patient.
+    late = copy.deepcopy(
+        next(
+            r
+            for r in server.current.values()
+            if r is not referral
+            and r["resourceType"] == "ServiceRequest"
+            and r["subject"] != referral["subject"]
+        )
+    )
+    late["insurance"] = [{"reference": "Coverage/cov-late"}]
+    late_referral(server, late)
+    template = next(r for k, r in server.current.items() if k.startswith("Coverage/"))
+
+    def insure_by_identifier() -> None:
+        coverage = {k: v for k, v in copy.deepcopy(template).items() if k != "meta"}
+        coverage["id"] = "cov-late"
+        coverage["beneficiary"] = {"identifier": patient["identifier"][0]}
+        server.put(coverage)
+
+    on_last_page(server, insure_by_identifier)
+    sync(engine, ONE_IS_ENOUGH)
+    assert_as_a_full_evaluation(engine, ONE_IS_ENOUGH)
+    key = f"ServiceRequest/{referral['id']}"
+    assert not any(m["item"] == "insurance" for m in evaluations(engine)[key]["missing"])
+
+
+def test_a_referral_whose_requester_is_not_stored_yet_waits_for_it(
+    server: MiniServer, engine: Engine
+) -> None:
+    first = first_referral(server)
+    role = copy.deepcopy(server.current[first["requester"]["reference"]])
+    organization = next(
+        k
+        for k in server.current
+        if k.startswith("Organization/") and k != role["organization"]["reference"]
+    )
+    waiting = {k: v for k, v in copy.deepcopy(first).items() if k != "meta"}
+    waiting["requester"] = {"reference": "PractitionerRole/role-late"}
+    server.put(waiting, when=first["meta"]["lastUpdated"])  # still on the first page
+    # Another patient's referral names the role on the last page, when it has come.
+    other = next(
+        k for k in server.current if k.startswith("Patient/") and k != first["subject"]["reference"]
+    )
+    late_referral(server, {**waiting, "subject": {"reference": other}})
+
+    def create_the_role() -> None:
+        role.pop("meta")
+        server.put({**role, "id": "role-late", "organization": {"reference": organization}})
+
+    on_last_page(server, create_the_role)
+    sync(engine, ONE_IS_ENOUGH)
+    assert_as_a_full_evaluation(engine, ONE_IS_ENOUGH)
+    assert evaluations(engine)[f"ServiceRequest/{first['id']}"]["source"] == organization
