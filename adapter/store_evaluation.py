@@ -199,9 +199,10 @@ class PageEvaluation:
       known), and
     - the source is high-relationship already or on the practice's list, or there is none: at
       the fixed `as_of`, more referrals can only raise a source's standing, so a source that
-      is not high-relationship yet may still become one, and its referrals wait.
-    The referrals that wait are evaluated at the end, by `evaluate_store` with `done` (which
-    also checks each source's standing once more). A referral evaluated here that a later
+      is not high-relationship yet may still become one, and its referrals wait (and are
+      evaluated on the page where it becomes one).
+    The referrals still waiting are evaluated at the end, by `evaluate_store` with `done`
+    (which also checks each source's standing once more). A referral evaluated here that a later
     change touches (its patient corrected, a Coverage added, a changed party: as the pending
     notes would say, `store.evaluation_targets`) is no longer done, and is evaluated again at
     the end.
@@ -226,7 +227,8 @@ class PageEvaluation:
         self.now = datetime.now(UTC)
         self.moved = 0
         self.done: set[str] = set()  # evaluated here, and untouched since
-        self.waiting = 0  # referrals left for the end, so far
+        # By source not high-relationship (yet): its referrals whose source is known.
+        self._waiting: dict[str, dict[str, _Brief]] = {}
         self._watch: dict[str, list[str]] = {}  # target -> referrals evaluated reading it
         self._authored: dict[str, tuple[str | None, datetime | None]] = {}
         self.dates: dict[str, list[datetime]] = {}  # by source, sorted (`authored_by_source`)
@@ -239,8 +241,10 @@ class PageEvaluation:
     def _date(self, key: str, source: str | None, authored: datetime | None) -> None:
         """The referral's source and authoredOn, in place of what it had before."""
         before = self._authored.pop(key, (None, None))
-        if before[0] is not None and before[1] is not None:
-            self.dates[before[0]].remove(before[1])
+        if before[0] is not None:
+            self._waiting.get(before[0], {}).pop(key, None)
+            if before[1] is not None:
+                self.dates[before[0]].remove(before[1])
         if source is not None and authored is not None:
             bisect.insort(self.dates.setdefault(source, []), authored)
         self._authored[key] = (source, authored)
@@ -270,10 +274,20 @@ class PageEvaluation:
             brief = _brief(self.directory, fact)
             self._date(fact.key, brief.source, fact.authored)
             page.append((brief, fact))
-        ready = sorted((b for b, f in page if self._settled(b, f)), key=lambda b: b.key)
-        self.waiting += len(page) - len(ready)
-        if not ready:
+        chosen: list[_Brief] = []
+        for brief, fact in page:
+            if not self._source_known(fact):
+                continue  # waits for the end
+            if brief.source is None or self._standing(brief.source):
+                chosen.append(brief)
+            else:
+                self._waiting.setdefault(brief.source, {})[brief.key] = brief
+        for source in {b.source for b, _ in page if b.source in self._waiting}:
+            if source is not None and self._standing(source):  # it has just become one
+                chosen += self._waiting.pop(source).values()
+        if not chosen:
             return
+        ready = sorted(chosen, key=lambda b: b.key)
         with Session(self.engine) as session, session.begin():
             moved, index = _evaluate_chunk(
                 session,
@@ -304,20 +318,23 @@ class PageEvaluation:
             for key in self._watch.pop(target, ()):
                 self.done.discard(key)
 
-    def _settled(self, brief: _Brief, facts: ReferralFacts) -> bool:
-        """Whether nothing still to come can move the referral (see the class)."""
+    def _source_known(self, facts: ReferralFacts) -> bool:
+        """Whether the referral's requester, and a requesting role's organization, are stored
+        (or it has none)."""
         if facts.requester is None:
             return True
         directory = self.directory
         party = directory.index.parties.get(directory.resolve(facts.requester) or "")
         if party is None:
             return False
-        if party.organization is not None and (
-            directory.resolve(party.organization) not in directory.index.parties
-        ):
-            return False
-        source = brief.source
-        if source is None or is_listed(directory.index, source, self._listed):
+        return party.organization is None or (
+            directory.resolve(party.organization) in directory.index.parties
+        )
+
+    def _standing(self, source: str) -> bool:
+        """Whether the source is high-relationship at `as_of` by what is stored so far (or
+        listed)."""
+        if is_listed(self.directory.index, source, self._listed):
             return True
         rules = self.rules.high_relationship
         dates = self.dates.get(source, [])

@@ -60,13 +60,13 @@ def engine(db_url: str) -> Iterator[Engine]:
     made.dispose()
 
 
-def sync(engine: Engine, rules: PracticeRules, counts: list[int] | None = None) -> SyncSummary:
-    """A sync of the scripted server; `counts`: the stored referrals at each page event."""
+def sync(engine: Engine, rules: PracticeRules, seen: list[set[str]] | None = None) -> SyncSummary:
+    """A sync of the scripted server; `seen`: the evaluated referrals after each page."""
 
     def on_event(event: JSON) -> None:
-        if counts is not None and event["event"] == "page" and event["step"] == "referrals":
+        if seen is not None and event["event"] == "page" and event["step"] == "referrals":
             with Session(engine) as session:
-                counts.append(session.scalar(select(func.count()).select_from(Referral)) or 0)
+                seen.append(set(session.scalars(select(Referral.key))))
 
     policy = RetryPolicy(max_attempts=2, sleep=lambda seconds: None)
     with make_http_client() as http:
@@ -116,8 +116,9 @@ def on_last_page(server: MiniServer, change: Any) -> None:
 def test_a_first_sync_evaluates_while_it_fetches_and_ends_as_a_full_evaluation(
     server: MiniServer, engine: Engine
 ) -> None:
-    counts: list[int] = []
-    summary = sync(engine, RULES, counts)
+    seen: list[set[str]] = []
+    summary = sync(engine, RULES, seen)
+    counts = [len(keys) for keys in seen]
     referrals = evaluations(engine)
     assert len(referrals) == summary.referrals >= 55
     assert len(counts) >= 6
@@ -129,8 +130,20 @@ def test_a_first_sync_evaluates_while_it_fetches_and_ends_as_a_full_evaluation(
     assert_as_a_full_evaluation(engine, RULES)
     assert set(history(engine).values()) == {1}  # one first sighting each
     assert summary.moved == len(referrals)
-    high = [e for e in referrals.values() if "high-relationship" in e["segments"]]
-    assert high, "no source became high-relationship: the waiting was not exercised"
+    # A referral whose source was not high-relationship yet when its page came waited, and
+    # was evaluated on the page where its source became one, before the end.
+    order = sorted(
+        (r for k, r in server.current.items() if k.startswith("ServiceRequest/")),
+        key=lambda r: (r["meta"]["lastUpdated"], r["id"]),
+    )
+    page_of = {f"ServiceRequest/{r['id']}": n // PAGE for n, r in enumerate(order)}
+    first_seen = {key: next(n for n, keys in enumerate(seen) if key in keys) for key in seen[-1]}
+    waited = [
+        key
+        for key, n in first_seen.items()
+        if n > page_of[key] and "high-relationship" in referrals[key]["segments"]
+    ]
+    assert waited, "no referral waited for its source to become high-relationship"
 
 
 def first_referral(server: MiniServer) -> JSON:
