@@ -262,17 +262,19 @@ def put_resources(
     source: str,
     *,
     touched: set[str] | None = None,
+    written: set[tuple[str, str]] | None = None,
 ) -> int:
     """`put_resource` for many resources in one statement; how many were stored or changed.
 
     A page of a sync is one statement instead of one per resource (a row at a time costs most
     of a sync's own time). The same resource twice in one call keeps its newest copy.
     `touched` collects what the changes touch, as the pending notes would (`_touched_by`),
-    also while changes are not noted (a sync evaluating page by page keeps them itself).
+    also while changes are not noted (a sync evaluating page by page keeps them itself), and
+    `written` the (type, id) of the resources written.
     """
     now = _now()
     rows = [_row(resource, source, now) for resource in resources]
-    return _upsert(session, rows, touched)
+    return _upsert(session, rows, touched, written)
 
 
 def mark_deleted(
@@ -309,7 +311,10 @@ def mark_deleted(
 
 
 def _upsert(
-    session: Session, all_rows: list[dict[str, Any]], touched: set[str] | None = None
+    session: Session,
+    all_rows: list[dict[str, Any]],
+    touched: set[str] | None = None,
+    written: set[tuple[str, str]] | None = None,
 ) -> int:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for row in all_rows:
@@ -349,6 +354,8 @@ def _upsert(
     relevant = [key for key in rows if key[0] in RELEVANT_TYPES]
     before = stored_bodies(session, relevant) if tracked or touched is not None else {}
     stored = session.execute(stmt, list(rows.values())).all()
+    if written is not None:
+        written.update((t, i) for t, i in stored)
     changed = [(t, i) for t, i in stored if t in RELEVANT_TYPES]
     # What each changed resource touches now (a tombstone: nothing), worked out once for its
     # ties and for the notes.

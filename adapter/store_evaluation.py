@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -47,8 +47,8 @@ from mappings.referral import (
     Evaluator,
     authored_by_source,
     is_listed,
+    is_member,
     referral_source,
-    source_standing,
 )
 from mappings.rules import PracticeRules
 
@@ -166,11 +166,15 @@ def _evaluate_chunk(
     on_problem: OnProblem,
     now: datetime,
     planned: PlanSummary,
+    fresh: Mapping[tuple[str, str], JSON] | None = None,
+    extracted: Mapping[tuple[str, str], list[Facts]] | None = None,
 ) -> tuple[int, ReferralIndex]:
     """Evaluate, save and plan the write-back of one chunk of referrals; how many moved, and
-    the chunk's index."""
+    the chunk's index (`fresh`, `extracted`: as `_chunk_index` takes them)."""
     moved = 0
-    index, people = _chunk_index(session, directory, chunk, on_problem)
+    index, people = _chunk_index(
+        session, directory, chunk, on_problem, fresh=fresh, extracted=extracted
+    )
     evaluator = Evaluator(index, rules, as_of, source_dates=dates)
     found = (index.referrals.get(b.key) for b in chunk)
     timed = (evaluator.evaluate_until(r) for r in found if r is not None)
@@ -249,18 +253,34 @@ class PageEvaluation:
             bisect.insort(self.dates.setdefault(source, []), authored)
         self._authored[key] = (source, authored)
 
-    def stored(self, resources: Iterable[JSON], gone: Iterable[str], touched: set[str]) -> None:
-        """After a page was stored: its readable resources, the keys it deleted, and what its
-        changes touched."""
+    def stored(
+        self,
+        resources: Iterable[JSON],
+        written: set[tuple[str, str]],
+        gone: Iterable[str],
+        touched: set[str],
+    ) -> None:
+        """After a page was stored: its readable resources, which of them were written (new
+        or newer than the stored copy), the keys it deleted, and what its changes touched."""
         self._forget({store.tie_key(t) for t in touched})
         gone = list(gone)
-        changed = [
-            body
-            for body in resources
-            if body.get("resourceType") in _PAGE_TYPES
-            and f"{body.get('resourceType')}/{body.get('id')}" in touched
-        ]
-        facts = list(_facts(changed, self.on_problem))
+        fresh: dict[tuple[str, str], JSON] = {}
+        twice: set[tuple[str, str]] = set()  # which copy was kept is the store's to say
+        for body in resources:
+            at = (str(body.get("resourceType")), str(body.get("id")))
+            if at in written:
+                if at in fresh and fresh[at] != body:
+                    twice.add(at)
+                fresh[at] = body
+        if twice:
+            with Session(self.engine) as session:
+                fresh |= store.stored_bodies(session, twice)
+        extracted = {
+            at: list(_facts((body,), self.on_problem))
+            for at, body in fresh.items()
+            if at[0] in _PAGE_TYPES
+        }
+        facts = [f for found in extracted.values() for f in found]
         self.directory.update(facts, gone)
         for key in gone:
             if key in self._authored:
@@ -299,6 +319,8 @@ class PageEvaluation:
                 on_problem=self.on_problem,
                 now=self.now,
                 planned=self.plan,
+                fresh=fresh,
+                extracted=extracted,
             )
         self.moved += moved
         for brief in ready:
@@ -338,7 +360,7 @@ class PageEvaluation:
             return True
         rules = self.rules.high_relationship
         dates = self.dates.get(source, [])
-        return source_standing(dates, self.as_of, rules.window_days, rules.min_referrals)[0]
+        return is_member(dates, self.as_of, rules.window_days, rules.min_referrals)
 
     def finish(self) -> tuple[int, int, int]:
         """The end of the sync: the rest of the evaluation (`evaluate_store`)."""
@@ -362,6 +384,7 @@ class _Directory:
             self.index.add(facts)
         for holder in holders:
             self._hold(holder.key, holder.identifiers)
+        self.index.share_aliases(self.aliases)
         self.index.build(identify=False)
 
     @classmethod
@@ -405,10 +428,8 @@ class _Directory:
                 owners.add(key)
             if len(owners) == 1:
                 self.aliases[identifier] = next(iter(owners))
-                self.index.add_alias(identifier, self.aliases[identifier])
             else:
                 self.aliases.pop(identifier, None)
-                self.index.drop_alias(identifier)
             if not owners:
                 del self._owners[identifier]
 
@@ -488,9 +509,8 @@ def _may_have_moved(
 
     def standing(source: str) -> bool:
         if source not in standings:
-            standings[source] = (
-                is_listed(directory.index, source, listed)
-                or source_standing(dates.get(source, []), as_of, window, minimum)[0]
+            standings[source] = is_listed(directory.index, source, listed) or is_member(
+                dates.get(source, []), as_of, window, minimum
             )
         return standings[source]
 
@@ -514,11 +534,20 @@ def _may_have_moved(
 
 
 def _chunk_index(
-    session: Session, directory: _Directory, chunk: list[_Brief], on_problem: OnProblem
+    session: Session,
+    directory: _Directory,
+    chunk: list[_Brief],
+    on_problem: OnProblem,
+    *,
+    fresh: Mapping[tuple[str, str], JSON] | None = None,
+    extracted: Mapping[tuple[str, str], list[Facts]] | None = None,
 ) -> tuple[ReferralIndex, dict[str, tuple[str | None, str | None]]]:
     """The index of one chunk: its referrals, everything tied to them or to their patients,
     the parties, and the store's identifier aliases; and the name and birth date of each
-    patient read (for the status updates)."""
+    patient read (for the status updates). `fresh`: bodies just stored (the stored version, not
+    read back), and `extracted` the facts of some of them."""
+    fresh = fresh or {}
+    extracted = extracted or {}
     facts_of: dict[tuple[str, str], list[Facts]] = {}  # each resource read, extracted once
     people: dict[str, tuple[str | None, str | None]] = {}
     asked: set[str] = set()
@@ -528,9 +557,12 @@ def _chunk_index(
         if not wanted:
             break
         asked |= wanted
-        new = store.stored_bodies(session, _tied(session, wanted) - set(facts_of))
+        tied = _tied(session, wanted) - set(facts_of)
+        new = {key: fresh[key] for key in tied if key in fresh}
+        new |= store.stored_bodies(session, tied - set(new))
         for key, body in new.items():
-            facts_of[key] = list(_facts((body,), on_problem))
+            known = extracted.get(key)
+            facts_of[key] = known if known is not None else list(_facts((body,), on_problem))
             if key[0] == "Patient":
                 people[f"Patient/{key[1]}"] = person(body)
         wanted = {
@@ -546,8 +578,7 @@ def _chunk_index(
     for key in sorted(facts_of):  # the same index whatever order the rows came in
         for facts in facts_of[key]:
             index.add(facts)
-    for identifier, owner in directory.aliases.items():
-        index.add_alias(identifier, owner)
+    index.share_aliases(directory.aliases)
     return index.build(identify=False), people
 
 

@@ -375,8 +375,9 @@ class _Run:
                     continue
                 readable.append(resource)
             touched: set[str] | None = set() if self.pages is not None else None
+            written: set[tuple[str, str]] = set()
             summary.changed += store.put_resources(
-                session, readable, self.base_url, touched=touched
+                session, readable, self.base_url, touched=touched, written=written
             )
             if deletions:
                 summary.deleted += store.mark_deleted(
@@ -393,7 +394,8 @@ class _Run:
                     session, self.base_url, cursor[0], min(cursor[1], self.started)
                 )
         if self.pages is not None and touched is not None:  # once the page is stored
-            self.pages.stored(readable, (f"{d[0]}/{d[1]}" for d in deletions), touched)
+            gone = (f"{d[0]}/{d[1]}" for d in deletions)
+            self.pages.stored(readable, written, gone, touched)
 
     def _emit(self, step: str, resource_type: str, page: JSON, matches: int, count: int) -> None:
         if self.on_event is None:

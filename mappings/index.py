@@ -68,9 +68,11 @@ class ReferralIndex:
         if name != key:
             self._aliases[name] = key
 
-    def drop_alias(self, name: str) -> None:
-        """Forget an alias (an identifier that came to be carried by two resources)."""
-        self._aliases.pop(name, None)
+    def share_aliases(self, aliases: dict[str, str]) -> None:
+        """Resolve through `aliases` (identifier -> key, of a larger whole than this index),
+        shared, not copied: the caller keeps it up to date and does not change it while this
+        index is in use."""
+        self._aliases = aliases
 
     def resolve(self, reference: str | None) -> str | None:
         """The key a reduced reference stands for (through fullUrl and identifier aliases)."""

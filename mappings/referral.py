@@ -34,6 +34,7 @@ __all__ = [
     "authored_by_source",
     "evaluate_all",
     "is_listed",
+    "is_member",
     "referral_source",
     "source_standing",
 ]
@@ -562,8 +563,7 @@ def source_standing(
     `as_of` enters the window on its date and each leaves it `window_days` after its date
     (taken at that instant, a microsecond early, which only makes the answer earlier)."""
     window = timedelta(days=window_days)
-    first = bisect.bisect_left(dates, as_of - window)
-    end = bisect.bisect_right(dates, as_of)
+    first, end = _in_window(dates, as_of, window)
     count = end - first
     member = count >= min_referrals
     # (instant, entering, leaving) for each instant at which the count moves, in time order.
@@ -582,6 +582,18 @@ def source_standing(
         if (count >= min_referrals) != member:
             return member, instant
     return member, None
+
+
+def is_member(dates: list[datetime], as_of: datetime, window_days: int, min_referrals: int) -> bool:
+    """`source_standing`'s first half alone: whether the source is high-relationship at
+    `as_of` by its count (two bisections of the sorted dates)."""
+    first, end = _in_window(dates, as_of, timedelta(days=window_days))
+    return end - first >= min_referrals
+
+
+def _in_window(dates: list[datetime], as_of: datetime, window: timedelta) -> tuple[int, int]:
+    """The slice of the sorted dates in the window up to `as_of`."""
+    return bisect.bisect_left(dates, as_of - window), bisect.bisect_right(dates, as_of)
 
 
 def authored_by_source(

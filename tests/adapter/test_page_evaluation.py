@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 from adapter import store
 from adapter.fhir_client import FhirClient
 from adapter.http_policy import RetryPolicy, make_http_client
+from adapter.planning import PlanSummary
 from adapter.practice_rules import default_rules
+from adapter.store_evaluation import PageEvaluation
 from adapter.store_models import Referral, SegmentChange
 from adapter.sync import SyncSummary, evaluate_stored, run_sync
 from adapter.synth import iter_resources
@@ -278,3 +280,32 @@ def test_a_referral_whose_requester_is_not_stored_yet_waits_for_it(
     sync(engine, ONE_IS_ENOUGH)
     assert_as_a_full_evaluation(engine, ONE_IS_ENOUGH)
     assert evaluations(engine)[f"ServiceRequest/{first['id']}"]["source"] == organization
+
+
+def test_a_resource_twice_on_a_page_is_known_by_the_copy_the_store_kept(engine: Engine) -> None:
+    newer = {
+        "resourceType": "Organization",
+        "id": "org-twice",
+        "meta": {"versionId": "2", "lastUpdated": "2026-12-02T10:00:00Z"},
+        "name": "Twice Clinic",
+        "partOf": {"reference": "Organization/parent"},
+    }
+    older = {**newer, "meta": {"versionId": "1", "lastUpdated": "2026-12-01T10:00:00Z"}}
+    role = {
+        "resourceType": "PractitionerRole",
+        "id": "role-twice",
+        "meta": {"versionId": "1", "lastUpdated": "2026-12-01T10:00:00Z"},
+        "organization": {"reference": "Organization/org-twice"},
+    }
+    older_role = {**role, "organization": {"reference": "Organization/elsewhere"}}
+    older_role["meta"] = {"versionId": "0", "lastUpdated": "2026-11-01T10:00:00Z"}
+    pages = PageEvaluation(engine, RULES, AS_OF, nowhere, PlanSummary())
+    page = [newer, role, older, older_role]  # the older copies last
+    touched: set[str] = set()
+    written: set[tuple[str, str]] = set()
+    with Session(engine) as session, session.begin():
+        store.put_resources(session, page, "test", touched=touched, written=written)
+    assert ("PractitionerRole", "role-twice") in written
+    pages.stored(page, written, (), touched)
+    known = pages.directory.parties["PractitionerRole/role-twice"]
+    assert getattr(known, "organization", None) == "Organization/org-twice"
