@@ -364,6 +364,11 @@ class PageEvaluation:
 
     def finish(self) -> tuple[int, int, int]:
         """The end of the sync: the rest of the evaluation (`evaluate_store`)."""
+        # What only the pages needed goes before the end's own pass over the store.
+        self._watch.clear()
+        self._waiting.clear()
+        self._authored.clear()
+        self.dates.clear()
         referrals, moved, removed = evaluate_store(
             self.engine, self.rules, self.as_of, self.on_problem, self.plan, done=self.done
         )
