@@ -363,7 +363,10 @@ def _upsert(
         key: set() if rows[key]["deleted"] else evaluation_targets(rows[key]["body"])
         for key in changed
     }
-    _retie(session, now_touches)
+    # A resource without a live stored body (new, or back from a tombstone) has no ties to
+    # replace: known when the bodies before were read.
+    tieless = {k for k in changed if k not in before} if tracked or touched is not None else set()
+    _retie(session, now_touches, tieless)
     if changed and tracked:
         note_pending(session, _touched_by(changed, rows, before, now_touches))
     if changed and touched is not None:
@@ -464,15 +467,24 @@ def evaluation_targets(body: dict[str, Any]) -> set[str]:
     return found
 
 
-def _retie(session: Session, touches: dict[tuple[str, str], set[str]]) -> None:
-    """Replace the ties of the resources just stored by what each touches now."""
+def _retie(
+    session: Session,
+    touches: dict[tuple[str, str], set[str]],
+    tieless: set[tuple[str, str]] | None = None,
+) -> None:
+    """Replace the ties of the resources just stored by what each touches now (`tieless`:
+    those known to have none yet)."""
     if not touches:
         return
     table = cast(Table, ResourceTie.__table__)
-    session.execute(
-        delete(table).where(table.c.resource_type == bindparam("t"), table.c.id == bindparam("i")),
-        [{"t": resource_type, "i": resource_id} for resource_type, resource_id in touches],
-    )
+    old = [key for key in touches if not tieless or key not in tieless]
+    if old:
+        session.execute(
+            delete(table).where(
+                table.c.resource_type == bindparam("t"), table.c.id == bindparam("i")
+            ),
+            [{"t": resource_type, "i": resource_id} for resource_type, resource_id in old],
+        )
     ties = [
         {"resource_type": resource_type, "id": resource_id, "target": tie_key(target)}
         for (resource_type, resource_id), targets in touches.items()
