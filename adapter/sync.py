@@ -104,6 +104,9 @@ BATCH = 100
 # Re-read this much before the cursor: server clocks drift and a transaction that started before
 # our last page may commit (and become searchable) after it.
 OVERLAP = timedelta(minutes=5)
+# Referral pages fetched ahead of the one being stored and evaluated: the server keeps working
+# while a page's evaluation takes longer than the next fetch.
+AHEAD = 4
 # Reads of one search when its pages shift under concurrent writes (see `_Run._whole`).
 READS = 3
 
@@ -442,7 +445,8 @@ class _Run:
                     f"ServiceRequest: _revinclude={revinclude} is not offered; fetched by "
                     "separate queries"
                 )
-        for page, matches, resources in _ahead(self._referral_pages(params, separate)):
+        pages = _ahead(self._referral_pages(params, separate), depth=AHEAD)
+        for page, matches, resources in pages:
             newest = None
             for resource in matches:
                 newest = _later(newest, _updated(resource))
