@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session
 
 from adapter import store
-from adapter.store_models import Base, Referral, StoredResource, SyncCursor
+from adapter.store_models import Base, Referral, ResourceTie, StoredResource, SyncCursor
 from mappings.model import Reason, ReferralEvaluation
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -343,3 +344,37 @@ def test_two_writers_at_once_end_with_one_row_each_and_the_max_cursor(db_url: st
     for before, after in itertools.pairwise(changes):
         assert after.from_segments == before.to_segments != after.to_segments
     assert changes[-1].to_segments == final_segments
+
+
+def test_a_resource_stored_again_ties_to_what_it_touches_now(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ties.db'}"
+    store.upgrade(url)
+    engine = store.make_engine(url)
+
+    def coverage(version: str, patient: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Coverage",
+            "id": "cov-moving",
+            "meta": {"versionId": version, "lastUpdated": f"2026-12-0{version}T10:00:00Z"},
+            "status": "active",
+            "beneficiary": {"reference": patient},
+            "payor": [{"reference": "Organization/payer"}],
+        }
+
+    def ties() -> set[str]:
+        with Session(engine) as session:
+            return set(
+                session.scalars(select(ResourceTie.target).where(ResourceTie.id == "cov-moving"))
+            )
+
+    # Written the way a first sync writes (collecting what changes touch), and the way any
+    # other store write does.
+    for version, patient, touched in (
+        ("1", "Patient/first", set()),
+        ("2", "Patient/second", None),
+        ("3", "Patient/third", set()),
+    ):
+        with Session(engine) as session, session.begin():
+            store.put_resources(session, [coverage(version, patient)], "test", touched=touched)
+        assert ties() == {"Coverage/cov-moving", patient}
+    engine.dispose()
