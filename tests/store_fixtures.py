@@ -1,4 +1,5 @@
-"""`db_url`: an empty store database per test, on SQLite and on a real PostgreSQL.
+"""`db_url`: an empty store database per test, on SQLite and on a real PostgreSQL; `engine`: an
+engine on it, migrated (test modules that need a filled store define their own `engine`).
 
 PostgreSQL (the Debian package) is started once per session by scripts/postgres in a throwaway
 directory and stopped at the end. When it cannot start, the tests that use it fail: they do
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
+
+from adapter import store
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "postgres"
 _numbers = itertools.count(1)
@@ -57,3 +60,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield make_url(admin.url).set(database=name).render_as_string(hide_password=False)
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine on the empty store at `db_url`, migrated."""
+    store.upgrade(db_url)
+    made = store.make_engine(db_url)
+    yield made
+    made.dispose()

@@ -54,14 +54,6 @@ def server() -> Iterator[MiniServer]:
         yield scripted
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    store.upgrade(db_url)
-    made = store.make_engine(db_url)
-    yield made
-    made.dispose()
-
-
 def sync(engine: Engine, rules: PracticeRules, seen: list[set[str]] | None = None) -> SyncSummary:
     """A sync of the scripted server; `seen`: the evaluated referrals after each page."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -42,14 +42,6 @@ TABLES = {
     "web_session",
     "writeback_state",
 }
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    store.upgrade(db_url)
-    engine = store.make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 def patient(version: str | None, updated: str | None, phone: str = "555-0100") -> dict[str, Any]:
