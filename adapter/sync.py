@@ -377,8 +377,9 @@ class _Run:
                     summary.quarantined += 1
                     continue
                 readable.append(resource)
+            # What a page-by-page evaluation needs to know of the write; nothing otherwise.
             touched: set[str] | None = set() if self.pages is not None else None
-            written: set[tuple[str, str]] = set()
+            written: set[tuple[str, str]] | None = set() if self.pages is not None else None
             summary.changed += store.put_resources(
                 session, readable, self.base_url, touched=touched, written=written
             )
@@ -396,7 +397,7 @@ class _Run:
                 store.advance_cursor(
                     session, self.base_url, cursor[0], min(cursor[1], self.started)
                 )
-        if self.pages is not None and touched is not None:  # once the page is stored
+        if self.pages is not None and touched is not None and written is not None:  # stored
             gone = (f"{d[0]}/{d[1]}" for d in deletions)
             self.pages.stored(readable, written, gone, touched)
 
@@ -678,9 +679,9 @@ def run_sync(
     base_url = client.base_url
     with Session(engine) as session:
         cursors = {t: store.get_cursor(session, base_url, t) for t in SYNC_TYPES}
-        # A context type's first sync is the referral query's includes: its changes are read from
-        # the first page on, also when this sync is killed and the next one resumes it.
         first = store.evaluation_mark(session) is None
+    # A context type's first sync is the referral query's includes: its changes are read from
+    # the first page on, also when this sync is killed and the next one resumes it.
     fresh = [t for t in CONTEXT_TYPES if cursors[t] is None]
     plan = PlanSummary()
     evaluate_at = as_of or started
