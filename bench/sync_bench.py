@@ -125,7 +125,15 @@ def main() -> None:
         help="keep HAPI's database in files under DIR (one per size) and load each size only "
         "once: loading 50k referrals takes over an hour here",
     )
+    parser.add_argument(
+        "--load-only",
+        action="store_true",
+        help="with --hapi-data: load each size not loaded yet, then stop (measure later, on a "
+        "quiet machine)",
+    )
     args = parser.parse_args()
+    if args.load_only and args.hapi_data is None:
+        parser.error("--load-only needs --hapi-data")
 
     adapter = adapter_command()
     results = []
@@ -162,6 +170,9 @@ def main() -> None:
                 load_s = round(time.perf_counter() - clock, 1)
                 if loaded is not None:
                     loaded.write_text(f"{load_s}\n")
+            if args.load_only:
+                print(f"{size}: loaded" + (f" in {load_s} s" if load_s else " before"))
+                continue
             log = state / "requests.log"
             logged = f"sqlite:///{state / 'log.db'}"
             subprocess.run(
