@@ -566,19 +566,29 @@ def source_standing(
     first, end = _in_window(dates, as_of, window)
     count = end - first
     member = count >= min_referrals
-    # (instant, entering, leaving) for each instant at which the count moves, in time order.
-    moves: dict[datetime, list[int]] = {}
-    for date in dates[end:]:
-        moves.setdefault(date, [0, 0])[0] += 1
-    for date in dates[first:]:
-        moves.setdefault(date + window, [0, 0])[1] += 1
-    for instant in sorted(moves):
-        entering, leaving = moves[instant]
+    # The instants at which the count moves come from two sorted runs, walked together in
+    # time order and only up to the first flip: the dates still to come enter on their date
+    # (dates[end:]), and each date in or after the window leaves `window` after it. (Called
+    # for each source on each page a first sync evaluates: no dict of every instant, no sort.)
+    entering, leaving, n = end, first, len(dates)
+    while entering < n or leaving < n:
+        if leaving == n or (entering < n and dates[entering] <= dates[leaving] + window):
+            instant = dates[entering]
+        else:
+            instant = dates[leaving] + window
+        came = 0
+        while entering < n and dates[entering] == instant:
+            came += 1
+            entering += 1
+        went = 0
+        while leaving < n and dates[leaving] + window == instant:
+            went += 1
+            leaving += 1
         # At the instant the new ones count and, an instant later, the old ones no longer do:
         # either may cross the threshold.
-        if (count + entering >= min_referrals) != member:
+        if (count + came >= min_referrals) != member:
             return member, instant
-        count += entering - leaving
+        count += came - went
         if (count >= min_referrals) != member:
             return member, instant
     return member, None

@@ -17,7 +17,7 @@ from adapter import synth
 from adapter.practice_rules import default_rules
 from adapter.segmenting import index_resources
 from mappings.index import ReferralIndex
-from mappings.referral import Evaluator
+from mappings.referral import Evaluator, is_member, source_standing
 
 AS_OF = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 RULES = default_rules()
@@ -125,3 +125,38 @@ def test_a_coverage_period_boundary_is_an_instant_of_change(
     assert until <= changes
     after = Evaluator(index, RULES, changes + timedelta(seconds=1)).evaluate(referral)
     assert [m.item for m in after.missing] != [m.item for m in evaluation.missing]
+
+
+def _member_at(dates: list[datetime], moment: datetime, window: timedelta, least: int) -> bool:
+    return sum(1 for d in dates if moment - window <= d <= moment) >= least
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    offsets=st.lists(st.integers(min_value=-60, max_value=60), max_size=30),
+    window_days=st.integers(min_value=1, max_value=40),
+    least=st.integers(min_value=1, max_value=6),
+)
+def test_a_sources_standing_lasts_until_the_first_instant_its_count_crosses(
+    offsets: list[int], window_days: int, least: int
+) -> None:
+    """`source_standing` against counting by hand: the standing at `as_of`, and the first
+    instant (a date entering, or a date's window end) at which the count, at that instant or
+    just after it, is on the other side of the threshold. Whole days, so that dates often
+    enter on the instant others leave."""
+    dates = sorted(AS_OF + timedelta(days=o) for o in offsets)
+    window = timedelta(days=window_days)
+    member, until = source_standing(dates, AS_OF, window_days, least)
+    assert member == _member_at(dates, AS_OF, window, least)
+    assert member == is_member(dates, AS_OF, window_days, least)
+    instants = sorted(
+        {d for d in dates if d > AS_OF} | {d + window for d in dates if d + window >= AS_OF}
+    )
+    just_after = timedelta(microseconds=1)
+    flips = [
+        t
+        for t in instants
+        if _member_at(dates, t, window, least) != member
+        or _member_at(dates, t + just_after, window, least) != member
+    ]
+    assert until == (flips[0] if flips else None)
