@@ -486,13 +486,21 @@ def _retie(
             [{"t": resource_type, "i": resource_id} for resource_type, resource_id in old],
         )
     ties = [
-        {"resource_type": resource_type, "id": resource_id, "target": tie_key(target)}
+        (resource_type, resource_id, tie_key(target))
         for (resource_type, resource_id), targets in touches.items()
         for target in targets - {EVERYTHING}
     ]
     if ties:
-        stmt = insert_for(session)(table).on_conflict_do_nothing()
-        session.execute(stmt, ties)
+        # A first sync writes about three ties per resource: the driver's executemany of one
+        # plain statement, without SQLAlchemy building a parameter dict per row (that took
+        # half of the re-tying).
+        connection = session.connection()
+        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        connection.exec_driver_sql(
+            f"INSERT INTO {table.name} (resource_type, id, target) "
+            f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT DO NOTHING",
+            ties,
+        )
 
 
 def _tracking(session: Session) -> bool:
