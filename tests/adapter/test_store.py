@@ -14,11 +14,21 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import Session
 
 from adapter import store
-from adapter.store_models import Base, Referral, ResourceTie, StoredResource, SyncCursor
+from adapter.store_models import (
+    Base,
+    Referral,
+    ResourceTie,
+    StoredResource,
+    SyncCursor,
+    UTCDateTime,
+)
 from mappings.model import Reason, ReferralEvaluation
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -252,6 +262,27 @@ def test_the_cursor_never_moves_backwards(engine: Engine) -> None:
     assert in_tx(engine, lambda s: store.get_cursor(s, "http://other/fhir", "Patient")) is None
     with pytest.raises(ValueError, match="timezone-aware"):
         in_tx(engine, lambda s: store.advance_cursor(s, base, "Patient", datetime(2026, 4, 1)))
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()
+    )
+)
+def test_on_sqlite_a_datetime_is_stored_as_the_dialects_own_text_of_its_utc_time(
+    moment: datetime,
+) -> None:
+    """Existing SQLite stores compare and order these columns as text: the store's own bind
+    must write exactly what SQLAlchemy's SQLite DATETIME writes for the naive UTC time."""
+    dialect = sqlite_dialect.dialect()
+    ours = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    theirs = sqlite_dialect.DATETIME().bind_processor(dialect)
+    assert ours is not None
+    assert theirs is not None
+    assert ours(moment) == theirs(moment.astimezone(UTC).replace(tzinfo=None))
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ours(moment.replace(tzinfo=None))
 
 
 def test_quarantine_records_which_why_and_when(engine: Engine) -> None:
