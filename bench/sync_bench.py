@@ -24,6 +24,7 @@ only once.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -89,19 +90,25 @@ print(usage.ru_utime + usage.ru_stime)
 """
 
 
-def run_wrapped(command: list[str]) -> tuple[float, int]:
+def measured(script: str, command: list[str]) -> str:
+    """What `script` (WRAPPER or CPU) prints about running `command`; a failed command stops
+    the bench with the end of what it wrote to stderr."""
     done = subprocess.run(
-        [sys.executable, "-c", WRAPPER, *command], check=True, capture_output=True, text=True
+        [sys.executable, "-c", script, *command], check=False, capture_output=True, text=True
     )
-    wall, peak = done.stdout.split()
+    if done.returncode:
+        name = " ".join(Path(part).name for part in command[:2])
+        sys.exit(f"bench: {name} ... failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def run_wrapped(command: list[str]) -> tuple[float, int]:
+    wall, peak = measured(WRAPPER, command).split()
     return float(wall), int(peak)
 
 
 def cpu_seconds(command: list[str]) -> float:
-    done = subprocess.run(
-        [sys.executable, "-c", CPU, *command], check=True, capture_output=True, text=True
-    )
-    return float(done.stdout.strip())
+    return float(measured(CPU, command).strip())
 
 
 def main() -> None:
@@ -134,6 +141,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.load_only and args.hapi_data is None:
         parser.error("--load-only needs --hapi-data")
+    if args.peer and not args.load_only and importlib.util.find_spec("fhirpy") is None:
+        parser.error("the peer needs fhirpy: .venv/bin/pip install -e '.[bench]' (or --no-peer)")
 
     adapter = adapter_command()
     results = []
